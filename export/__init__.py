@@ -1,0 +1,1 @@
+"""rfedge_export: export tooling (torch, transformers, onnx). Never imported by the runtime."""

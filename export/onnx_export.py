@@ -1,0 +1,32 @@
+"""torch -> ONNX: the pooled PRM module exported with dynamic batch, sequence and step axes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+from rfedge.manifest import INPUTS, OUTPUTS
+
+EXTERNAL_DATA_BYTES = 1 << 30  # above this the weights go to model.onnx.data
+OPSET = 20
+
+
+def export_onnx(module, out_path: Path, param_bytes: int) -> Path:
+    """Export ``module`` (a :class:`~rfedge_export.graph.PooledPRM`) to ``out_path``."""
+    import torch
+
+    ids = torch.tensor([[16, 17, 18, 19, 20, 271, 9707, 1879]], dtype=torch.long).repeat(2, 1)
+    mask = torch.ones_like(ids)
+    steps = torch.tensor([[2, 5, 7], [4, -1, -1]], dtype=torch.long)
+    batch, seq, nsteps = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("steps")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (ids, mask, steps), dynamo=True, input_names=list(INPUTS),
+            output_names=list(OUTPUTS), opset_version=OPSET, optimize=True, verbose=False,
+            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: nsteps}))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(out_path), external_data=param_bytes > EXTERNAL_DATA_BYTES)
+    return out_path

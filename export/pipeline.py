@@ -1,0 +1,116 @@
+"""``rfedge export``: load the source, export, quantize, validate, then move into place atomically.
+
+Everything is written to a temporary sibling directory; only a validated export is renamed to the
+output path, so an interrupted or failed export never leaves a directory ``rfedge score`` accepts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from rfedge import __version__
+from rfedge.errors import ModelFilesError, UsageError
+from rfedge.manifest import INPUTS, MANIFEST_NAME, OUTPUTS, write_manifest
+
+from .calibration import load_calibration
+from .graph import PooledPRM
+from .onnx_export import export_onnx
+from .quantize import Tolerance, get_recipe
+from .source import load_scalar_prm, read_config, resolve_source
+from .validate import validate
+
+DEFAULT_MAX_LENGTH = 8192
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(items):
+    from tqdm import tqdm
+
+    return tqdm(items, desc="validating", unit="trace", file=sys.stderr, leave=False)
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
+        raise UsageError(f"{out}: exists and is not an rfedge export; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def export_model(source: str, out: Path, precision: str = "int8", recipe: str | None = None,
+                 max_length: int | None = None, calibration: str | None = None,
+                 tolerance: dict | None = None, revision: str | None = None,
+                 notice: str | None = None, log=_log, progress=_progress) -> dict:
+    """Export ``source`` to ``out``; returns the manifest written. Raises ValidationError on a miss."""
+    import torch
+
+    rec = get_recipe(precision, recipe)
+    tol = replace(rec.tolerance, **{k: v for k, v in (tolerance or {}).items() if v is not None})
+    out = Path(out)
+    _prepare_out(out)
+    traces = load_calibration(calibration)
+    log(f"[1/5] loading {source}")
+    src = resolve_source(source, revision)
+    cfg = read_config(src.path)
+    limit = cfg.get("max_position_embeddings", DEFAULT_MAX_LENGTH)
+    max_length = max_length or min(DEFAULT_MAX_LENGTH, limit)
+    if not 1 <= max_length <= limit:
+        raise UsageError(f"--max-length {max_length} is outside 1..{limit} (max_position_embeddings)")
+    if not (src.path / "tokenizer.json").is_file():
+        raise ModelFilesError(f"{src.path}: no tokenizer.json; the runtime needs the fast tokenizer file")
+    prm = load_scalar_prm(src)
+    module = PooledPRM(prm.body, prm.head, prm.step_head).eval()
+    param_bytes = sum(p.numel() * 4 for p in module.parameters())
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        log(f"[2/5] exporting ONNX ({param_bytes / 1e6:.1f} MB of fp32 weights)")
+        fp32_dir = work / "fp32"
+        with torch.no_grad():
+            fp32 = export_onnx(module, fp32_dir / "model.onnx", param_bytes)
+        final = work / "model"
+        final.mkdir()
+        log(f"[3/5] applying {rec.name}: {rec.description}")
+        quant = rec.apply(fp32, final / "model.onnx")
+        shutil.rmtree(fp32_dir)
+        shutil.copyfile(src.path / "tokenizer.json", final / "tokenizer.json")
+        manifest = {
+            "source": {"id": src.id, "revision": src.revision, "layout": src.layout,
+                       "hidden_size": cfg.get("hidden_size"), "num_hidden_layers": cfg.get("num_hidden_layers")},
+            "precision": precision,
+            "quantization": {"recipe": rec.name, **quant},
+            "inputs": list(INPUTS), "outputs": list(OUTPUTS),
+            "graph": "model.onnx", "tokenizer": "tokenizer.json",
+            "max_length": max_length,
+            "pad_token_id": cfg.get("eos_token_id") if isinstance(cfg.get("eos_token_id"), int) else 151643,
+            "heads": {"trajectory": "reward_head", "step": "step_head" if prm.step_head is not None else "reward_head"},
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_by": f"rfedge {__version__}",
+        }
+        if notice:
+            manifest["notice"] = notice
+        write_manifest(final, manifest)
+        log(f"[4/5] validating against the torch fp32 source on {len(traces)} calibration traces")
+        from rfedge.scorer import Scorer
+
+        scorer = Scorer.load(final, device="cpu")
+        report = validate(prm, scorer, traces, precision, tol, progress)
+        log(f"      {report.summary()}")
+        report.raise_on_failure()
+        manifest["validation"] = report.to_dict()
+        log(f"[5/5] writing {out}")
+        del scorer
+        write_manifest(final, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(final, out)
+        return manifest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+

@@ -1,0 +1,171 @@
+"""Precision recipes: a registry of what each ``--precision`` does to the fp32 graph.
+
+Each recipe reads the exported fp32 ``model.onnx`` and writes the final graph; what it did is
+recorded in the manifest. Tolerances for export validation live with the recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .onnx_export import EXTERNAL_DATA_BYTES
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs_step: float
+    max_abs_trajectory: float
+    min_spearman: float
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    precision: str
+    description: str
+    apply: Callable[[Path, Path], dict]
+    tolerance: Tolerance
+    options: dict = field(default_factory=dict)
+
+
+def _load(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
+
+
+def _save(model, dst: Path) -> None:
+    import onnx
+
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES if hasattr(model, "ByteSize") else True
+    onnx.save_model(model, str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=dst.name + ".data" if large else None, size_threshold=1024)
+
+
+def _fp32(src: Path, dst: Path) -> dict:
+    _save(_load(src), dst)
+    return {"method": "none"}
+
+
+def _fp16(src: Path, dst: Path) -> dict:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # Normalisation and softmax statistics stay fp32: squares of outlier activations overflow fp16.
+    blocked = ["Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Sigmoid"]
+    model = convert_float_to_float16(_load(src), keep_io_types=True, op_block_list=blocked)
+    _save(model, dst)
+    return {"method": "float16", "kept_fp32_ops": blocked}
+
+
+EMBEDDING_MIN_ROWS = 1024
+
+
+def quantize_embedding_int8(model) -> int:
+    """Replace the token-embedding Gather by an int8 table with one fp32 scale per row.
+
+    Gather(int8 rows) -> Cast -> Mul(Gather(row scales)): standard ONNX ops, so every execution
+    provider runs it. Returns the number of tables quantized.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    count = 0
+    new_nodes = []
+    for node in model.graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or table.dims[0] < EMBEDDING_MIN_ROWS or \
+                table.data_type != onnx.TensorProto.FLOAT:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(table)
+        scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-12) / 127.0
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        name = table.name
+        model.graph.initializer.remove(table)
+        model.graph.initializer.extend([numpy_helper.from_array(q, name + "_int8"),
+                                        numpy_helper.from_array(scale.astype(np.float32), name + "_scale")])
+        ids = node.input[1]
+        base = (node.name or name) + "_q8"
+        new_nodes += [
+            helper.make_node("Gather", [name + "_int8", ids], [base + "_rows"], name=base + "_gather", axis=0),
+            helper.make_node("Cast", [base + "_rows"], [base + "_float"], name=base + "_cast",
+                             to=onnx.TensorProto.FLOAT),
+            helper.make_node("Gather", [name + "_scale", ids], [base + "_s"], name=base + "_gather_scale", axis=0),
+            helper.make_node("Mul", [base + "_float", base + "_s"], [node.output[0]], name=base + "_mul"),
+        ]
+        count += 1
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return count
+
+
+def _quiet():
+    logging.getLogger().setLevel(logging.ERROR)
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _int8_dynamic(src: Path, dst: Path) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"],
+                         use_external_data_format=src.stat().st_size > EXTERNAL_DATA_BYTES)
+    model = _load(dst)
+    embeddings = quantize_embedding_int8(model)
+    for f in dst.parent.iterdir():
+        f.unlink()
+    _save(model, dst)
+    return {"embedding": f"int8 per-row ({embeddings} table)", "method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per-channel",
+            "activations": "uint8 dynamic per-tensor", "ops": ["MatMul"]}
+
+
+def _nbits(bits: int, block: int, accuracy_level: int) -> Callable[[Path, Path], dict]:
+    def apply(src: Path, dst: Path) -> dict:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        with _quiet():
+            q = MatMulNBitsQuantizer(_load(src), bits=bits, block_size=block, is_symmetric=True,
+                                     accuracy_level=accuracy_level)
+            q.process()
+        embeddings = quantize_embedding_int8(q.model.model)
+        _save(q.model.model, dst)
+        return {"embedding": f"int8 per-row ({embeddings} table)", "method": "onnxruntime MatMulNBits", "bits": bits, "block_size": block,
+                "accuracy_level": accuracy_level, "ops": ["MatMul"]}
+    return apply
+
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("fp32", "fp32", "no quantization", _fp32, Tolerance(1e-4, 1e-4, 0.999)),
+    Recipe("fp16", "fp16", "float16 weights and compute, norms and softmax in fp32", _fp16,
+           Tolerance(2e-2, 2e-2, 0.99)),
+    Recipe("int8-block32", "int8", "MatMulNBits 8-bit weights, block 32, int8 compute per block; "
+           "int8 embedding", _nbits(8, 32, 4), Tolerance(0.05, 0.05, 0.95)),
+    Recipe("int8-dynamic", "int8", "quantize_dynamic: int8 per-channel weights, per-tensor uint8 "
+           "activations (fast, fragile with activation outliers); int8 embedding",
+           _int8_dynamic, Tolerance(0.05, 0.05, 0.95)),
+    Recipe("int4-block32", "int4", "MatMulNBits 4-bit weights, block 32; int8 embedding",
+           _nbits(4, 32, 4), Tolerance(0.1, 0.1, 0.9)),
+)
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+DEFAULT_RECIPE = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-block32", "int4": "int4-block32"}
+
+
+def get_recipe(precision: str, name: str | None = None) -> Recipe:
+    from rfedge.errors import UsageError
+
+    name = name or DEFAULT_RECIPE[precision]
+    for r in RECIPES:
+        if r.name == name:
+            if r.precision != precision:
+                raise UsageError(f"recipe '{name}' gives {r.precision}, not {precision}")
+            return r
+    known = ", ".join(r.name for r in RECIPES if r.precision == precision)
+    raise UsageError(f"unknown recipe '{name}' for {precision}: known recipes are {known}")

@@ -1,0 +1,210 @@
+"""The ``rfedge`` command line. JSON to stdout, progress and notices to stderr.
+
+Typed errors become one line and an exit code (2 for usage and data errors, 1 for missed
+tolerances and records that failed in a batch); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from .errors import MissingExtraError, RfedgeError, TraceFormatError
+from .registry import MODELS
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+def _fail(err: RfedgeError) -> None:
+    click.echo(f"rfedge: error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+def reports_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RfedgeError as e:
+            _fail(e)
+    return wrapper
+
+
+def _export_extra(module: str):
+    """Import tooling from rfedge_export, or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"rfedge_export.{module}")
+    except ImportError as e:
+        missing = getattr(e, "name", None) or str(e)
+        raise MissingExtraError(
+            f"this command needs the export extras ({missing} is missing): pip install 'rfedge[export]'") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rfedge")
+def main():
+    """rfedge: score reasoning traces with ReasonFlux-PRM process reward models on the edge."""
+
+
+class _AtomicOutput:
+    """Write to a temporary file beside ``path`` and rename it into place on success."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.tmp = None
+
+    def __enter__(self):
+        if not self.path or self.path == "-":
+            return sys.stdout
+        target = Path(self.path)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+        self.fh = os.fdopen(fd, "w", encoding="utf-8")
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.tmp is None:
+            sys.stdout.flush()
+            return False
+        self.fh.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+        return False
+
+
+@main.command()
+@click.argument("trace", type=str)
+@click.option("--model", "model", default=None, help="Model directory from 'rfedge export' (default: "
+              "$RFEDGE_MODEL, then the newest export in $RFEDGE_HOME, then the bundled demo).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto uses CUDA when onnxruntime-gpu sees a GPU.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=16384, show_default=True,
+              help="Padded tokens per batch at most (bounds memory); a single trace always fits.")
+@click.option("--alpha", type=float, default=1.0, show_default=True,
+              help="score = mean step reward + alpha x trajectory reward.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="Intra-op threads (0: all cores).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write results here (atomically) instead of stdout.")
+@reports_errors
+def score(trace, model, device, batch_size, batch_tokens, alpha, threads, output):
+    """Score TRACE (.json with one object or a list, .jsonl, or - for stdin).
+
+    One object in gives one JSON object out; a list or JSONL gives JSONL in input order, with an
+    {"id", "error"} line for each bad record (exit 1 at the end).
+
+    \b
+    Example:
+      rfedge score examples/trace.json
+      cat traces.jsonl | rfedge score - --model ~/.cache/rfedge/models/gen-verse--reasonflux-prm-1.5b-int8
+    """
+    from .home import resolve_model
+    from .scorer import Scorer
+    from .traces import open_traces
+
+    choice = resolve_model(model)
+    source = open_traces(trace)
+    scorer = Scorer.load(choice.path, device=device, alpha=alpha, batch_size=batch_size,
+                         batch_tokens=batch_tokens, threads=threads)
+    click.echo(f"rfedge: model {scorer.manifest.describe()} [{choice.reason}], device {scorer.device}",
+               err=True)
+    if scorer.manifest.notice:
+        click.echo(f"rfedge: note: {scorer.manifest.notice}", err=True)
+    failed = 0
+    with _AtomicOutput(output) as out:
+        if source.single:
+            record, result = next(scorer.score_records(source.records))
+            if isinstance(result, TraceFormatError):
+                raise result
+            out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        else:
+            for record, result in scorer.score_records(source.records):
+                if isinstance(result, TraceFormatError):
+                    failed += 1
+                    line = {"id": record.id, "error": str(result)} if record.id is not None else {"error": str(result)}
+                else:
+                    line = result.to_dict()
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+    if failed:
+        click.echo(f"rfedge: {failed} record(s) could not be scored; see their 'error' fields", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("source", default="Gen-Verse/ReasonFlux-PRM-1.5B")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default: $RFEDGE_HOME/models/<source>-<precision>).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--int8", "int8", is_flag=True, help="Shorthand for --precision int8.")
+@click.option("--recipe", default=None, help="Quantization recipe for the precision (see 'rfedge recipes').")
+@click.option("--max-length", type=click.IntRange(min=1), default=None,
+              help="Longest input in tokens (default: min(8192, max_position_embeddings)).")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Validate on these traces instead of the built-in set.")
+@click.option("--max-step-delta", type=float, default=None, help="Override the step-reward tolerance.")
+@click.option("--max-trajectory-delta", type=float, default=None, help="Override the trajectory tolerance.")
+@click.option("--min-spearman", type=float, default=None, help="Override the trajectory Spearman bound.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+@click.option("--notice", default=None, hidden=True, help="A line shown whenever the model is used.")
+@reports_errors
+def export(source, out, precision, int8, recipe, max_length, calibration, max_step_delta,
+           max_trajectory_delta, min_spearman, revision, notice):
+    """Export SOURCE (a local directory or hub id, ReasonFlux-PRM-1.5B layout) to a validated ONNX model.
+
+    \b
+    Example:
+      rfedge export Gen-Verse/ReasonFlux-PRM-1.5B --int8
+      rfedge export ./my-prm --precision fp16 --out ./my-prm-fp16
+    """
+    from .home import default_export_dir
+
+    pipeline = _export_extra("pipeline")
+    precision = "int8" if int8 else precision
+    target = Path(out) if out else default_export_dir(source, precision)
+    manifest = pipeline.export_model(
+        source, target, precision=precision, recipe=recipe, max_length=max_length,
+        calibration=calibration, revision=revision, notice=notice,
+        tolerance={"max_abs_step": max_step_delta, "max_abs_trajectory": max_trajectory_delta,
+                   "min_spearman": min_spearman})
+    click.echo(json.dumps({"out": str(target), "precision": manifest["precision"],
+                           "validation": manifest["validation"]}, indent=2))
+
+
+@main.command()
+def models():
+    """List the model families rfedge knows.
+
+    \b
+    Example:
+      rfedge models
+    """
+    for m in MODELS:
+        click.echo(f"{m.name:22} {m.role:9} {m.layout:12} {m.hub_id or '(bundled)':32} {m.description}")
+
+
+@main.command()
+@reports_errors
+def recipes():
+    """List the precision recipes of 'rfedge export' (needs the export extras).
+
+    \b
+    Example:
+      rfedge recipes
+    """
+    quantize = _export_extra("quantize")
+    for r in quantize.RECIPES:
+        default = " (default)" if quantize.DEFAULT_RECIPE[r.precision] == r.name else ""
+        click.echo(f"{r.name:14} {r.precision:5} {r.description}{default}")
+
+
+if __name__ == "__main__":
+    main()

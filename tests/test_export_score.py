@@ -1,0 +1,134 @@
+"""Export + score against an independent reference: HF Qwen2 on each prefix, in torch fp32."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rfedge import Scorer
+from rfedge.manifest import load_manifest
+from rfedge_export.calibration import builtin_traces
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5e-2}
+
+TRACES = [
+    {"id": "a", "problem": "Start with 12. Then add 7 and subtract 5. What is the final number?",
+     "trajectory": ["12 + 7 = 19", "19 - 5 = 14"], "response": "The final number is 14."},
+    {"id": "b", "problem": "Solve 2x = 8.", "completion": "<think>\nDivide by 2.\n\nx = 4.\n</think>\n\nx = 4 ✓"},
+    {"id": "c", "prompt": "Name a prime.", "completions": ["2 is prime.", "It has divisors 1 and 2 only."]},
+    {"id": "d", "messages": [{"role": "user", "content": "1+1?"},
+                             {"role": "assistant", "reasoning_content": "1+1 = 2", "content": "2"}]},
+    {"id": "e", "problem": "No steps here", "completion": "\n\n"},
+]
+
+
+def prefix_reward(prm, ids):
+    """Reference: run the HF body on exactly this prefix, head at its last token, sigmoid."""
+    import torch
+
+    with torch.no_grad():
+        h = prm.body(input_ids=torch.as_tensor(ids)[None]).last_hidden_state[0, -1]
+        return torch.sigmoid(prm.head(h)).item()
+
+
+@pytest.fixture(scope="module")
+def fp32_scorer(fp32_export):
+    return Scorer.load(fp32_export, device="cpu")
+
+
+def test_every_step_reward_is_its_prefix_reward(fp32_scorer, scalar_prm):
+    for obj in TRACES:
+        result = fp32_scorer.score(obj)
+        enc = fp32_scorer.tokenizer.encode(__import__("rfedge").parse_trace(obj))
+        assert result.num_tokens == len(enc.ids)
+        for step in result.steps:
+            expected = prefix_reward(scalar_prm, enc.ids[: step.token_index + 1])
+            assert abs(step.reward - expected) <= 1e-4, (obj["id"], step)
+        assert abs(result.trajectory_reward - prefix_reward(scalar_prm, enc.ids)) <= 1e-4
+
+
+def test_trace_formats_give_expected_steps(fp32_scorer):
+    sections = {o["id"]: [(s.section, s.index) for s in fp32_scorer.score(o).steps] for o in TRACES}
+    assert sections == {
+        "a": [("thinking", 0), ("thinking", 1), ("response", 0)],
+        "b": [("thinking", 0), ("thinking", 1), ("response", 0)],
+        "c": [("response", 0), ("response", 1)],
+        "d": [("thinking", 0), ("response", 0)],
+        "e": [],
+    }
+
+
+def test_score_is_mean_step_plus_alpha_trajectory(fp32_export):
+    scorer = Scorer.load(fp32_export, device="cpu", alpha=0.5)
+    r = scorer.score(TRACES[0])
+    assert r.score == pytest.approx(np.mean([s.reward for s in r.steps]) + 0.5 * r.trajectory_reward)
+    assert scorer.score(TRACES[4]).score == pytest.approx(0.5 * scorer.score(TRACES[4]).trajectory_reward)
+
+
+def test_batch_and_padding_invariance(fp32_export):
+    alone = Scorer.load(fp32_export, device="cpu", batch_size=1)
+    batched = Scorer.load(fp32_export, device="cpu", batch_size=16)
+    traces = TRACES + [{"id": t.id, "problem": t.problem, "completion": t.completion} for t in builtin_traces()]
+    a, b = alone.score_many(traces), batched.score_many(traces)
+    for x, y in zip(a, b):
+        assert x.id == y.id
+        assert abs(x.trajectory_reward - y.trajectory_reward) <= 1e-5
+        for s, t in zip(x.steps, y.steps):
+            assert abs(s.reward - t.reward) <= 1e-5
+
+
+def test_truncation_marks_unscored_steps(fp32_export, scalar_prm, tmp_path):
+    scorer = Scorer.load(fp32_export, device="cpu")
+    long = {"problem": "Count.", "trajectory": [f"step {i} " + "word " * 40 for i in range(30)], "response": "Done."}
+    r = scorer.score(long)
+    assert r.truncated and r.num_tokens > scorer.manifest.max_length
+    scored = [s for s in r.steps if s.reward is not None]
+    assert scored and len(scored) < len(r.steps)
+    assert all(s.token_index < scorer.manifest.max_length for s in scored)
+    assert all(s.reward is None and s.token_index >= scorer.manifest.max_length for s in r.steps[len(scored):])
+    enc = scorer.tokenizer.encode(__import__("rfedge").parse_trace(long))
+    assert abs(r.trajectory_reward - prefix_reward(scalar_prm, enc.ids[: scorer.manifest.max_length])) <= 1e-4
+
+
+def test_manifest_records_what_was_exported(fp32_export):
+    m = load_manifest(fp32_export)
+    data = json.loads((fp32_export / "rfedge.json").read_text())
+    assert m.precision == "fp32" and m.max_length == 512
+    assert set(data["files"]) == {"model.onnx", "tokenizer.json"}
+    v = data["validation"]
+    assert v["passed"] and v["max_abs_step"] <= 1e-4 and v["spearman_trajectory"] >= 0.999
+    assert data["source"]["layout"] == "scalar-head"
+    assert data["inputs"] == ["input_ids", "attention_mask", "step_index"]
+
+
+def test_graph_has_no_hidden_state_output(fp32_export):
+    import onnx
+
+    g = onnx.load(str(fp32_export / "model.onnx"), load_external_data=False).graph
+    outs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in g.output}
+    assert set(outs) == {"step_rewards", "trajectory_reward"}
+    assert len(outs["step_rewards"]) == 2 and len(outs["trajectory_reward"]) == 1
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_quantized_within_tolerance(precision, tmp_path_factory, scalar_ckpt, scalar_prm, request):
+    from rfedge_export.pipeline import export_model
+
+    if precision == "int8":
+        out = request.getfixturevalue("int8_export")
+    else:
+        out = tmp_path_factory.mktemp("fp16") / "m"
+        export_model(str(scalar_ckpt), out, precision="fp16", log=lambda m: None, progress=None)
+    scorer = Scorer.load(out, device="cpu")
+    assert scorer.manifest.precision == precision
+    tol = TOLERANCE[precision]
+    for obj in TRACES[:4]:
+        r = scorer.score(obj)
+        enc = scorer.tokenizer.encode(__import__("rfedge").parse_trace(obj))
+        for s in r.steps:
+            assert abs(s.reward - prefix_reward(scalar_prm, enc.ids[: s.token_index + 1])) <= tol
+
+
+def test_int8_is_smaller(int8_export, fp32_export):
+    size = lambda d: (d / "model.onnx").stat().st_size
+    assert size(int8_export) < 0.4 * size(fp32_export)
