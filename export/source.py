@@ -187,3 +187,37 @@ def load_scalar_prm(source: Source, dtype: str = "fp32") -> ScalarPRM:
     body = load_body(source.path, dtype)
     hidden = body.config.hidden_size
     return ScalarPRM(body, load_reward_head(source.path, hidden), load_step_head(source.path, hidden), source)
+
+
+@dataclass
+class TwoClassPRM:
+    """A Qwen2.5-Math-PRM / ReasonFlux-PRM-7B-layout checkpoint: body + score MLP (h,h)-ReLU-(h,2)."""
+
+    body: object
+    score: object
+    source: Source
+
+
+def load_two_class_prm(source: Source, dtype: str = "fp32") -> TwoClassPRM:
+    """Load the body through transformers and the score MLP from the safetensors shards, no remote code."""
+    import torch
+    import torch.nn as nn
+    from safetensors import safe_open
+
+    if source.layout != "two-class":
+        raise UsageError(f"{source.id}: layout '{source.layout}' is not the two-class PRM layout")
+    body = load_body(source.path, dtype)
+    h = body.config.hidden_size
+    state = {}
+    for f in sorted(source.path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                if k.startswith("score."):
+                    state[k.removeprefix("score.")] = st.get_tensor(k)
+    score = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 2))
+    try:
+        score.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelFilesError(f"{source.path}: score.0/score.2 weights do not form Linear({h},{h})-ReLU-"
+                              f"Linear({h},2) ({str(e).splitlines()[0]})") from None
+    return TwoClassPRM(body, score.to(next(body.parameters()).dtype).eval(), source)

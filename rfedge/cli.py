@@ -180,6 +180,100 @@ def export(source, out, precision, int8, recipe, max_length, calibration, max_st
 
 
 @main.command()
+@click.argument("task", type=click.Choice(["arith"]), default="arith")
+@click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Number of traces.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write JSONL here (atomically) instead of stdout.")
+@reports_errors
+def generate(task, n, seed, output):
+    """Generate synthetic TASK traces as JSONL (trajectory/response format plus labels and correct).
+
+    \b
+    Example:
+      rfedge generate arith --n 200 --seed 7 -o heldout.jsonl
+      rfedge generate arith --n 5 | rfedge score -
+    """
+    from .synth import generate as gen
+
+    with _AtomicOutput(output) as out:
+        for record in gen(task, n, seed):
+            out.write(json.dumps(record) + "\n")
+
+
+@main.group()
+def demo():
+    """Train, export and evaluate the demo PRM pair on the synthetic arith task (export extras)."""
+
+
+@demo.command("build")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Work directory.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps per model.")
+@click.option("--bundle", is_flag=True, help="Copy the INT8 student into the package as the default model.")
+@reports_errors
+def demo_build(out, steps, bundle):
+    """Train teacher and student from scratch, export the student (fp32, int8), evaluate.
+
+    \b
+    Example:
+      rfedge demo build --out demo-work --bundle
+    """
+    import dataclasses
+    import shutil
+
+    demo_mod = _export_extra("demo")
+    pipeline = _export_extra("pipeline")
+    from .home import BUNDLED_DIR
+
+    out = Path(out)
+    config = demo_mod.DemoConfig()
+    if steps:
+        config = dataclasses.replace(config, steps=steps)
+    demo_mod.train_demo(out, config)
+    for precision in ("fp32", "int8"):
+        pipeline.export_model(str(out / "student"), out / f"student-{precision}", precision=precision,
+                              max_length=1024, notice=demo_mod.DEMO_NOTICE)
+    metrics = _demo_evaluate(demo_mod, out)
+    if bundle:
+        if BUNDLED_DIR.exists():
+            shutil.rmtree(BUNDLED_DIR)
+        shutil.copytree(out / "student-int8", BUNDLED_DIR)
+        click.echo(f"rfedge: bundled {out / 'student-int8'} as {BUNDLED_DIR}", err=True)
+    _demo_gate(metrics)
+
+
+def _demo_evaluate(demo_mod, out: Path, n: int = 400, seed: int | None = None) -> dict:
+    kwargs = {} if seed is None else {"seed": seed}
+    metrics = demo_mod.evaluate_demo(out / "teacher", out / "student-fp32", out / "student-int8", n=n, **kwargs)
+    (out / "quality.json").write_text(json.dumps(metrics, indent=2))
+    click.echo(demo_mod.quality_table(metrics))
+    return metrics
+
+
+def _demo_gate(metrics: dict) -> None:
+    from .errors import ValidationError
+
+    missed = [k for k, ok in metrics["passed"].items() if not ok]
+    if missed:
+        raise ValidationError(f"demo quality bounds missed: {', '.join(missed)} (see the table above)")
+
+
+@demo.command("evaluate")
+@click.argument("workdir", type=click.Path(exists=True, file_okay=False))
+@click.option("--n", "n", type=click.IntRange(min=10), default=400, show_default=True)
+@click.option("--seed", type=int, default=None, help="Held-out seed (default: a fixed one never trained on).")
+@reports_errors
+def demo_evaluate(workdir, n, seed):
+    """Print the demo pair's quality on held-out traces; exit 1 when a bound is missed.
+
+    \b
+    Example:
+      rfedge demo evaluate demo-work --n 400
+    """
+    _demo_gate(_demo_evaluate(_export_extra("demo"), Path(workdir), n, seed))
+
+
+@main.command()
 def models():
     """List the model families rfedge knows.
 
