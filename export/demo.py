@@ -19,6 +19,7 @@ from pathlib import Path
 from rfedge.synth import generate
 from rfedge.traces import parse_trace
 
+from .metrics import auroc
 from .chat import SEPARATOR_ID, render_prm_chat, step_texts
 from .qwen_vocab import QWEN25_MATH_PRM_SPECIALS, QWEN25_SPECIALS, build_tokenizer, write_tokenizer_files
 
@@ -34,10 +35,11 @@ class DemoConfig:
     kv_heads: int = 2
     intermediate: int = 256
     train_traces: int = 20000
-    pretrain_steps: int = 2500
-    steps: int = 1500
+    pretrain_steps: int = 1800
+    steps: int = 1000
     batch: int = 32
     lr: float = 2e-3
+    finetune_lr: float = 1e-4
     curriculum: float = 0.5
     seed: int = 0
     data_seed: int = 1
@@ -66,6 +68,61 @@ def _qwen2_config(c: DemoConfig, max_len: int = 1024):
                        bos_token_id=151643, attn_implementation="sdpa")
 
 
+def _equation_targets(record: dict) -> list[list[int]]:
+    """Per thinking step: units of prev, units of k, sign, units and tens of the true result,
+    whether the written result is right, and whether every result so far is right.
+
+    The base model learns to read these off each equation (a stand-in for the arithmetic a real
+    pretrained base model brings); the PRMs are then fine-tuned on their own labels only.
+    """
+    out, ok_so_far = [], 1
+    for step in record["trajectory"]:
+        left, new = step.split(" = ")
+        prev, sign, k = left.split(" ")
+        a, b = int(prev), int(k)
+        true = a + b if sign == "+" else a - b
+        ok_so_far &= int(int(new) == true)
+        out.append([a % 10, b % 10, int(sign == "-"), true % 10, (true // 10) % 10, int(int(new) == true),
+                    ok_so_far])
+    return out
+
+
+def _base_example(tk, record: dict):
+    """Token ids and, per thinking step, (boundary token, equation targets); LM loss on correct traces."""
+    import numpy as np
+
+    from rfedge.steps import boundary_tokens, split_steps
+
+    trace = parse_trace(record)
+    enc = tk.encode(trace.text, add_special_tokens=False)
+    steps = [s for s in split_steps(trace.problem, trace.completion) if s.section == "thinking"]
+    starts = np.array([o[0] for o in enc.offsets], dtype=np.int64)
+    where = boundary_tokens(steps, starts).tolist()
+    targets = _equation_targets(record)
+    return enc.ids, (list(zip(where, targets)), bool(record["correct"]), _running_verdict(len(enc.ids), where, targets))
+
+
+def _base_example_chat(tk, record: dict):
+    """The same equation targets in the teacher's chat format: at the token before each <extra_0>."""
+    trace = parse_trace(record)
+    steps = [t for _, _, t in step_texts(trace)]
+    ids = tk.encode(render_prm_chat(trace.problem, steps), add_special_tokens=False).ids
+    where = [i - 1 for i, t in enumerate(ids) if t == SEPARATOR_ID][:len(record["trajectory"])]
+    targets = _equation_targets(record)
+    return ids, (list(zip(where, targets)), False, _running_verdict(len(ids), where, targets))
+
+
+def _running_verdict(n: int, where: list[int], targets: list[list[int]]) -> list[int]:
+    """At every token: 1 while every equation completed so far is right (its last token counts)."""
+    verdict, k, ok = [], 0, 1
+    for t in range(n):
+        while k < len(where) and where[k] <= t:
+            ok = targets[k][6]
+            k += 1
+        verdict.append(ok)
+    return verdict
+
+
 def _student_example(tk, record: dict):
     trace = parse_trace(record)
     return tk.encode(trace.text, add_special_tokens=False).ids, float(record["correct"])
@@ -83,11 +140,19 @@ def _log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def _train(model_fn, batches, c: DemoConfig, name: str, log=_log):
+def _train(model_fn, batches, c: DemoConfig, name: str, log=_log, head_lr: float | None = None):
+    """AdamW with warmup and cosine decay. With ``head_lr`` the head trains at that rate and the
+    pretrained body at ``c.lr`` (a random head at a high rate would wreck the body's features)."""
     import torch
 
     params = [p for p in model_fn.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    if head_lr is None:
+        groups = [{"params": params, "lr": c.lr}]
+    else:
+        head = {id(p) for p in model_fn.head_parameters()}
+        groups = [{"params": [p for p in params if id(p) not in head], "lr": c.lr},
+                  {"params": [p for p in params if id(p) in head], "lr": head_lr}]
+    opt = torch.optim.AdamW(groups, weight_decay=0.0, betas=(0.9, 0.98))
     warm = max(1, c.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / c.steps))))
@@ -169,11 +234,30 @@ def _base_module(c: DemoConfig, used_ids):
             self.emb = _CompactEmbedding(self.lm.model.embed_tokens, used_ids)
             self.rows = self.emb.rows
 
+            self.aux = nn.Linear(c.hidden, 10 * 4 + 2 * 3)
+            self.verdict = nn.Linear(c.hidden, 1)
+
         def loss(self, ids, mask, ys):
+            import torch
+
             h = self.lm.model(inputs_embeds=self.emb(ids), attention_mask=mask).last_hidden_state
             logits = h[:, :-1] @ self.rows.weight.T
-            target = self.emb.remap[ids[:, 1:]].masked_fill(mask[:, 1:] == 0, -100)
-            return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+            lm_rows = torch.tensor([correct for _, correct, _ in ys]).unsqueeze(-1)
+            target = self.emb.remap[ids[:, 1:]].masked_fill((mask[:, 1:] == 0) | ~lm_rows, -100)
+            lm = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+            rows = [(b, t, y) for b, (steps, _, _) in enumerate(ys) for t, y in steps]
+            z = self.aux(h[[b for b, _, _ in rows], [t for _, t, _ in rows]])
+            y = torch.tensor([y for _, _, y in rows])
+            ce = nn.functional.cross_entropy
+            aux = (ce(z[:, 0:10], y[:, 0]) + ce(z[:, 10:20], y[:, 1]) + ce(z[:, 40:42], y[:, 2])
+                   + ce(z[:, 20:30], y[:, 3]) + ce(z[:, 30:40], y[:, 4]) + ce(z[:, 42:44], y[:, 5])
+                   + ce(z[:, 44:46], y[:, 6]))
+            verdict = torch.full(mask.shape, -100.0)
+            for b, (_, _, v) in enumerate(ys):
+                verdict[b, :len(v)] = torch.tensor(v, dtype=torch.float)
+            keep = verdict >= 0
+            run = nn.functional.binary_cross_entropy_with_logits(self.verdict(h).squeeze(-1)[keep], verdict[keep])
+            return lm + aux + run
 
     return Base()
 
@@ -190,6 +274,9 @@ def _student_module(c: DemoConfig, used_ids):
             self.head = nn.Linear(c.hidden, 1)
             self.emb = _CompactEmbedding(self.lm.model.embed_tokens, used_ids)
             self.rows = self.emb.rows
+
+        def head_parameters(self):
+            return self.head.parameters()
 
         def loss(self, ids, mask, ys):
             h = self.lm.model(inputs_embeds=self.emb(ids), attention_mask=mask).last_hidden_state
@@ -212,6 +299,9 @@ def _teacher_module(c: DemoConfig, used_ids):
             self.score = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.ReLU(), nn.Linear(c.hidden, 2))
             self.emb = _CompactEmbedding(self.model.embed_tokens, used_ids)
             self.rows = self.emb.rows
+
+        def head_parameters(self):
+            return self.score.parameters()
 
         def loss(self, ids, mask, ys):
             h = self.model(inputs_embeds=self.emb(ids), attention_mask=mask).last_hidden_state
@@ -274,7 +364,8 @@ def train_demo(out: Path, c: DemoConfig = DemoConfig(), which=("teacher", "stude
     torch.manual_seed(c.seed)
     base = _base_module(c, used)
     base.train()
-    lm_examples = [(ids, 0.0) for (ids, y) in examples["student"] if y == 1.0]
+    lm_examples = [_base_example(tks["student"], r) for r in data] + [
+        _base_example_chat(tks["teacher"], r) for r in data]
     loss = _train(base, _batches(lm_examples, dataclasses.replace(c, steps=c.pretrain_steps), 151643, c.seed),
                   dataclasses.replace(c, steps=c.pretrain_steps), "base LM", log)
     base.emb.write_back()
@@ -290,7 +381,8 @@ def train_demo(out: Path, c: DemoConfig = DemoConfig(), which=("teacher", "stude
         module.emb = _CompactEmbedding(body.embed_tokens, used)
         module.rows = module.emb.rows
         module.train()
-        loss = _train(module, _batches(examples[name], c, 151643, c.seed), c, name, log)
+        ft = dataclasses.replace(c, lr=c.finetune_lr)
+        loss = _train(module, _batches(examples[name], ft, 151643, c.seed), ft, name, log, head_lr=c.lr)
         module.eval()
         module.emb.write_back()
         (save_student if name == "student" else save_teacher)(module, out / name, tok_dirs[name])
@@ -306,37 +398,21 @@ BOUNDS = {"teacher_step_auroc": (">=", 0.95), "student_int8_trajectory_auroc": (
           "int8_vs_fp32_max_abs_trajectory": ("<=", 0.03), "int8_vs_fp32_spearman": (">=", 0.99)}
 
 
-def auroc(scores, labels) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic (ties count half)."""
-    import numpy as np
-    from scipy.stats import mannwhitneyu
-
-    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    return float(mannwhitneyu(pos, neg, alternative="two-sided").statistic / (len(pos) * len(neg)))
-
-
 def evaluate_demo(teacher_dir: Path, fp32_dir: Path, int8_dir: Path, n: int = 400,
                   seed: int = HELDOUT_SEED) -> dict:
     """The quality numbers of the demo pair on ``n`` held-out traces; ``passed`` per bound."""
     import numpy as np
     from scipy.stats import spearmanr
-    from tokenizers import Tokenizer
-
     from rfedge.scorer import Scorer
 
-    from .reference import two_class_step_rewards
-    from .source import load_two_class_prm, resolve_source
+    from .references import load_reference
 
     records = list(generate("arith", n, seed))
     traces = [parse_trace(r) for r in records]
-    teacher = load_two_class_prm(resolve_source(str(teacher_dir)))
-    tk = Tokenizer.from_file(str(Path(teacher_dir) / "tokenizer.json"))
+    teacher = load_reference(str(teacher_dir), "two-class")
     t_scores, t_labels = [], []
     for r, t in zip(records, traces):
-        steps = [p for sec, _, p in two_class_step_rewards(teacher, tk, t) if sec == "thinking"]
+        steps = [p for sec, _, p in teacher.score_trace(t).steps if sec == "thinking"]
         t_scores += steps
         t_labels += [bool(x) for x in r["labels"]]
     fp32 = Scorer.load(fp32_dir, device="cpu").score_many(traces)

@@ -42,6 +42,7 @@ def _load(path: Path):
 def _save(model, dst: Path) -> None:
     import onnx
 
+    sparsify_initializers(model)
     large = model.ByteSize() > EXTERNAL_DATA_BYTES if hasattr(model, "ByteSize") else True
     onnx.save_model(model, str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=dst.name + ".data" if large else None, size_threshold=1024)
@@ -104,6 +105,38 @@ def quantize_embedding_int8(model) -> int:
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     return count
+
+
+SPARSE_MIN_ELEMENTS = 1 << 20
+SPARSE_MIN_ZERO_FRACTION = 0.9
+
+
+def sparsify_initializers(model) -> list[str]:
+    """Store large initializers that are at least 90% zeros as ONNX sparse initializers.
+
+    ONNX Runtime densifies them when it loads the graph, so this changes file size only. It never
+    triggers on trained LLM weights; it does on tables whose unused rows are zero (the demo model's
+    embedding keeps only the rows of its task's tokens).
+    """
+    import numpy as np
+    from onnx import numpy_helper
+    from onnx.helper import make_sparse_tensor
+
+    names = []
+    for init in list(model.graph.initializer):
+        n = int(np.prod(init.dims)) if init.dims else 0
+        if n < SPARSE_MIN_ELEMENTS:
+            continue
+        w = numpy_helper.to_array(init)
+        nz = np.flatnonzero(w)
+        if len(nz) > (1 - SPARSE_MIN_ZERO_FRACTION) * n:
+            continue
+        values = numpy_helper.from_array(w.reshape(-1)[nz], init.name)
+        indices = numpy_helper.from_array(nz.astype(np.int64), init.name + "_indices")
+        model.graph.initializer.remove(init)
+        model.graph.sparse_initializer.append(make_sparse_tensor(values, indices, list(init.dims)))
+        names.append(init.name)
+    return names
 
 
 def _quiet():

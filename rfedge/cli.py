@@ -65,7 +65,11 @@ class _AtomicOutput:
         if not self.path or self.path == "-":
             return sys.stdout
         target = Path(self.path)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+        if not target.parent.is_dir():
+            from .errors import UsageError
+
+            raise UsageError(f"--output {self.path}: directory {target.parent} does not exist")
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         self.fh = os.fdopen(fd, "w", encoding="utf-8")
         return self.fh
 
@@ -183,10 +187,12 @@ def export(source, out, precision, int8, recipe, max_length, calibration, max_st
 @click.argument("task", type=click.Choice(["arith"]), default="arith")
 @click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Number of traces.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--candidates", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Traces per problem (Best-of-N groups, marked by a 'group' field).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write JSONL here (atomically) instead of stdout.")
 @reports_errors
-def generate(task, n, seed, output):
+def generate(task, n, seed, candidates, output):
     """Generate synthetic TASK traces as JSONL (trajectory/response format plus labels and correct).
 
     \b
@@ -197,8 +203,97 @@ def generate(task, n, seed, output):
     from .synth import generate as gen
 
     with _AtomicOutput(output) as out:
-        for record in gen(task, n, seed):
+        for record in gen(task, n, seed, candidates):
             out.write(json.dumps(record) + "\n")
+
+
+@main.command()
+@click.argument("data", type=str)
+@click.option("--reference", "reference", required=True,
+              help="Reference checkpoint (local dir or hub id), e.g. Gen-Verse/ReasonFlux-PRM-7B.")
+@click.option("--candidate", required=True, type=click.Path(exists=True, file_okay=False),
+              help="An rfedge export directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--reference-head", "layout", type=click.Choice(["two-class", "lm-tokens", "scalar"]), default=None,
+              help="Reference layout (default: detected from config.json and weight shapes).")
+@click.option("--positive-token", type=int, default=None, help="lm-tokens: vocabulary id of the 'correct' verdict.")
+@click.option("--negative-token", type=int, default=None, help="lm-tokens: vocabulary id of the 'wrong' verdict.")
+@click.option("--reference-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--alpha", type=float, default=1.0, show_default=True)
+@click.option("--cache", type=click.Path(dir_okay=False), default=None,
+              help="Reference reward cache (default: OUT/reference_cache.jsonl).")
+@click.option("--min-spearman", type=float, default=None, help="Gate: trace-score Spearman at least this.")
+@click.option("--min-bon-agreement", type=float, default=None, help="Gate: Best-of-N winner agreement.")
+@click.option("--min-topk-overlap", type=float, default=None, help="Gate: top-10% overlap.")
+@click.option("--min-step-spearman", type=float, default=None, help="Gate: step-reward Spearman.")
+@click.option("--min-step-auroc", type=float, default=None, help="Gate: step AUROC vs reference verdicts.")
+@click.option("--max-abs-delta", type=float, default=None, help="Gate (scalar reference): max |delta| step reward.")
+@reports_errors
+def parity(data, reference, candidate, out, layout, positive_token, negative_token, reference_dtype, device,
+           alpha, cache, min_spearman, min_bon_agreement, min_topk_overlap, min_step_spearman, min_step_auroc,
+           max_abs_delta):
+    """Compare an edge model's decisions with a full-precision reference PRM on the traces in DATA.
+
+    Writes report.json, report.md, scores.jsonl and PNG plots to OUT; exit 1 when a bound is missed.
+
+    \b
+    Example:
+      rfedge parity heldout.jsonl --reference Gen-Verse/ReasonFlux-PRM-7B \\
+          --candidate ~/.cache/rfedge/models/gen-verse--reasonflux-prm-1.5b-int8 --out parity-report \\
+          --min-spearman 0.8 --min-bon-agreement 0.6
+    """
+    parity_mod = _export_extra("parity")
+    from tqdm import tqdm
+
+    report = parity_mod.run_parity(
+        data, reference, candidate, Path(out), layout=layout, dtype=reference_dtype, device=device, alpha=alpha,
+        cache=Path(cache) if cache else None, positive_token=positive_token, negative_token=negative_token,
+        bounds={"min_spearman": min_spearman, "min_bon_agreement": min_bon_agreement,
+                "min_topk_overlap": min_topk_overlap, "min_step_spearman": min_step_spearman,
+                "min_step_auroc": min_step_auroc, "max_abs_delta": max_abs_delta},
+        progress=lambda items: tqdm(items, desc="reference", unit="trace", file=sys.stderr))
+    click.echo((Path(out) / "report.md").read_text())
+    click.echo(f"rfedge parity: report in {out} ({', '.join(report['plots'])})", err=True)
+
+
+@main.command()
+@click.argument("data", type=str)
+@click.option("--teacher", required=True, help="Reference PRM (local dir or hub id), e.g. Gen-Verse/ReasonFlux-PRM-7B.")
+@click.option("--teacher-head", type=click.Choice(["two-class", "lm-tokens", "scalar"]), default=None,
+              help="Teacher layout (default: detected).")
+@click.option("--student", required=True, help="ReasonFlux-PRM-1.5B-layout checkpoint (local dir or hub id).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Steps per batch (frozen backbone) or traces x 16 (unfrozen).")
+@click.option("--unfreeze-layers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--label-weight", type=float, default=0.0, show_default=True,
+              help="Mix gold 'labels' into the targets with this weight (0: teacher only).")
+@click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.")
+@reports_errors
+def distill(data, teacher, teacher_head, student, out, epochs, lr, batch_size, unfreeze_layers, max_length,
+            label_weight, head, device, dtype, resume):
+    """Distill a reference PRM's step rewards on DATA into a step head for the 1.5B-layout student.
+
+    \b
+    Example:
+      rfedge distill traces.jsonl --teacher Gen-Verse/ReasonFlux-PRM-7B \\
+          --student Gen-Verse/ReasonFlux-PRM-1.5B --out prm-1.5b-distilled --device cuda --dtype bf16
+      rfedge export prm-1.5b-distilled --int8
+    """
+    distill_mod = _export_extra("distill")
+    cfg = distill_mod.DistillConfig(epochs=epochs, lr=lr, batch_size=batch_size, unfreeze_layers=unfreeze_layers,
+                                    max_length=max_length, label_weight=label_weight, head=head, device=device,
+                                    dtype=dtype)
+    info = distill_mod.distill(data, teacher, student, Path(out), cfg, teacher_layout=teacher_head, resume=resume)
+    click.echo(json.dumps({k: info[k] for k in ("student", "traces", "steps", "seconds")} |
+                          {"final_loss": info["loss_history"][-1] if info["loss_history"] else None}, indent=2))
 
 
 @main.group()

@@ -34,9 +34,11 @@ def _problem(x0: int, ops: list[tuple[str, int]]) -> str:
     return f"Start with {x0}. Then {then}. What is the final number?"
 
 
-def arith_trace(rng: random.Random, index: int, with_error: bool, min_ops: int = 3) -> dict:
-    """One trace; ``min_ops`` below 3 is only for training curricula (the task itself uses 3..6)."""
-    x0, ops = _ops(rng, min_ops)
+def arith_trace(rng: random.Random, index: int, with_error: bool, min_ops: int = 3, max_ops: int = 6,
+                problem: tuple | None = None) -> dict:
+    """One trace (of ``problem`` = (x0, ops) if given); op counts other than 3..6 are only for
+    training curricula."""
+    x0, ops = problem or _ops(rng, min_ops, max_ops)
     error_at, delta = -1, 0
     if with_error:
         error_at = rng.randrange(len(ops))
@@ -62,12 +64,22 @@ def arith_trace(rng: random.Random, index: int, with_error: bool, min_ops: int =
             "response": f"The final number is {value}.", "labels": labels, "correct": value == truth}
 
 
-def generate(task: str = "arith", n: int = 100, seed: int = 0) -> Iterator[dict]:
-    """``n`` traces of ``task``; half carry one error (deterministic for a seed)."""
+def generate(task: str = "arith", n: int = 100, seed: int = 0, candidates: int = 1) -> Iterator[dict]:
+    """``n`` traces of ``task``; half carry one error (deterministic for a seed).
+
+    With ``candidates`` > 1, every ``candidates`` consecutive traces answer the same problem (a
+    Best-of-N group, marked by a ``group`` field), each erroneous with probability 1/2.
+    """
     if task not in TASKS:
         from .errors import UsageError
 
         raise UsageError(f"unknown task '{task}': known tasks are {', '.join(TASKS)}")
     rng = random.Random(seed)
+    problem = None
     for i in range(n):
-        yield arith_trace(rng, i, with_error=rng.random() < 0.5)
+        if candidates > 1 and i % candidates == 0:
+            problem = _ops(rng)
+        record = arith_trace(rng, i, with_error=rng.random() < 0.5, problem=problem)
+        if candidates > 1:
+            record["group"] = f"arith-group-{i // candidates}"
+        yield record

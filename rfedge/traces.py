@@ -134,7 +134,7 @@ def parse_trace(obj: Any) -> Trace:
                 raise TraceFormatError("field 'id' must be a string or an integer")
             return Trace(problem=problem, completion=completion, id=trace_id, labels=_labels(obj),
                          extra={k: obj[k] for k in ("group", "correct") if k in obj})
-    present = ", ".join(sorted(obj)) or "none"
+    present = ", ".join(k.encode("unicode_escape").decode("ascii") for k in sorted(obj)) or "none"
     raise TraceFormatError(f"unrecognised trace fields ({present}); {FORMAT_HINT}")
 
 

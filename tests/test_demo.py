@@ -87,9 +87,8 @@ def tiny_pair(tmp_path_factory, tokenizer_dir):
 def test_layouts_load_through_real_loaders(tiny_pair):
     import torch
 
-    from rfedge_export.reference import two_class_step_rewards
+    from rfedge_export.references import load_reference
     from rfedge_export.source import load_scalar_prm, load_two_class_prm, resolve_source
-    from tokenizers import Tokenizer
 
     student, student_dir, teacher, teacher_dir = tiny_pair
     s_src, t_src = resolve_source(str(student_dir)), resolve_source(str(teacher_dir))
@@ -102,8 +101,7 @@ def test_layouts_load_through_real_loaders(tiny_pair):
         th = teacher.model(input_ids=ids).last_hidden_state
         assert torch.allclose(t.score(t.body(input_ids=ids).last_hidden_state), teacher.score(th), atol=1e-6)
     record = next(generate("arith", 1, seed=5))
-    rewards = two_class_step_rewards(t, Tokenizer.from_file(str(teacher_dir / "tokenizer.json")),
-                                     __import__("rfedge").parse_trace(record))
+    rewards = load_reference(str(teacher_dir)).score_trace(__import__("rfedge").parse_trace(record)).steps
     assert [(sec, i) for sec, i, _ in rewards] == (
         [("thinking", i) for i in range(len(record["trajectory"]))] + [("response", 0)])
     assert all(0.0 <= p <= 1.0 for _, _, p in rewards)

@@ -1,0 +1,80 @@
+"""GPU check (device machine, torch only): the parity reference in bf16 on CUDA vs fp32 on CPU, and
+the 1.5B / 7B shapes' reference forward speed and memory. onnxruntime-gpu cannot be carried there,
+so this exercises the torch paths only.
+
+    python bench/gpu/reference_bf16.py --demo demo-work --out $OUT
+
+Prints a table and writes reference_bf16.json. Needs a CUDA device; exits 2 without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def speed(shape: dict, T: int, reps: int = 5) -> dict:
+    import torch
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(**shape)
+    with torch.device("cuda"):
+        model = Qwen2Model(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(100, 150000, (1, T), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        model(input_ids=ids)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            model(input_ids=ids)
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / reps
+    out = {"T": T, "tokens_per_s": T / dt, "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+SHAPES = {
+    "1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                 num_attention_heads=12, num_key_value_heads=2, rope_theta=1e6),
+    "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+               num_attention_heads=28, num_key_value_heads=4, rope_theta=1e4),
+}
+
+
+def main():
+    import torch
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--demo", default=None, help="demo work dir (teacher/) for the bf16-vs-fp32 parity check")
+    ap.add_argument("--out", default=".")
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
+        sys.exit(2)
+    results = {"device": torch.cuda.get_device_name(0), "speed": {}}
+    for name, shape in SHAPES.items():
+        results["speed"][name] = [speed(shape, T) for T in (512, 2048, 8192)]
+    if a.demo:
+        from rfedge.synth import generate
+        from rfedge.traces import parse_trace
+        from rfedge_export.references import load_reference
+
+        traces = [parse_trace(r) for r in generate("arith", 200, 4242)]
+        ref32 = load_reference(str(Path(a.demo) / "teacher"), "two-class", "fp32", "cpu")
+        ref16 = load_reference(str(Path(a.demo) / "teacher"), "two-class", "bf16", "cuda")
+        d = [abs(x[2] - y[2]) for t in traces for x, y in zip(ref32.score_trace(t).steps, ref16.score_trace(t).steps)]
+        results["bf16_cuda_vs_fp32_cpu"] = {"steps": len(d), "max_abs": max(d), "mean_abs": sum(d) / len(d)}
+    print(json.dumps(results, indent=2))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "reference_bf16.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

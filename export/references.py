@@ -1,0 +1,147 @@
+"""Reference PRMs for parity, one entry per layout: a registry, not if/elif chains.
+
+``two-class``: Qwen2.5-Math-PRM / ReasonFlux-PRM-7B (score MLP, P(class 1) at each <extra_0>);
+``lm-tokens``: a causal LM whose verdict is read from two vocabulary logits at each separator
+(vLLM's ``returned_token_ids``); ``scalar``: the ReasonFlux-PRM-1.5B layout itself in torch (the
+quantization-fidelity mode). Steps are pooled by separator position, never by filtering non-zero
+probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from rfedge.errors import UsageError
+
+from .chat import SEPARATOR_ID, render_prm_chat, step_texts
+
+DTYPES = ("fp32", "bf16")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class ReferenceRewards:
+    steps: list  # [(section, index, reward)]
+    trajectory: float | None = None
+
+
+@dataclass
+class Reference:
+    layout: str
+    source_id: str
+    score_trace: Callable
+    options: dict = field(default_factory=dict)
+
+    def key(self) -> str:
+        return f"{self.layout}|{self.source_id}|{sorted(self.options.items())}"
+
+
+def _device(model, device: str):
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA device")
+    return model.to(device)
+
+
+def _separator_positions(ids, steps, trace):
+    positions = [i for i, t in enumerate(ids) if t == SEPARATOR_ID]
+    if len(positions) != len(steps):
+        raise UsageError(f"trace {trace.id}: {len(positions)} <extra_0> separators for {len(steps)} steps; "
+                         "a step's text contains <extra_0>")
+    return positions
+
+
+def _two_class(src, dtype: str, device: str, **_):
+    import torch
+    from tokenizers import Tokenizer
+
+    from .source import load_two_class_prm
+
+    prm = load_two_class_prm(src, dtype)
+    _device(prm.body, device), _device(prm.score, device)
+    tk = Tokenizer.from_file(str(src.path / "tokenizer.json"))
+
+    def score(trace) -> ReferenceRewards:
+        steps = step_texts(trace)
+        ids = tk.encode(render_prm_chat(trace.problem, [t for _, _, t in steps]), add_special_tokens=False).ids
+        pos = _separator_positions(ids, steps, trace)
+        if not pos:
+            return ReferenceRewards([])
+        with torch.no_grad():
+            h = prm.body(input_ids=torch.tensor([ids], device=device)).last_hidden_state[0, pos]
+            p = torch.softmax(prm.score(h).float(), dim=-1)[:, 1].cpu().tolist()
+        return ReferenceRewards([(s, i, r) for (s, i, _), r in zip(steps, p)])
+    return score
+
+
+def _lm_tokens(src, dtype: str, device: str, positive_token: int | None = None,
+               negative_token: int | None = None, **_):
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import Qwen2ForCausalLM
+
+    if positive_token is None or negative_token is None:
+        raise UsageError("the lm-tokens reference needs --positive-token and --negative-token (vocabulary ids)")
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    model = _device(Qwen2ForCausalLM.from_pretrained(str(src.path), dtype=torch_dtype, trust_remote_code=False).eval(),
+                    device)
+    tk = Tokenizer.from_file(str(src.path / "tokenizer.json"))
+
+    def score(trace) -> ReferenceRewards:
+        steps = step_texts(trace)
+        ids = tk.encode(render_prm_chat(trace.problem, [t for _, _, t in steps]), add_special_tokens=False).ids
+        pos = _separator_positions(ids, steps, trace)
+        if not pos:
+            return ReferenceRewards([])
+        with torch.no_grad():
+            h = model.model(input_ids=torch.tensor([ids], device=device)).last_hidden_state[0, pos]
+            logits = model.lm_head(h)[:, [positive_token, negative_token]].float()
+            p = torch.softmax(logits, dim=-1)[:, 0].cpu().tolist()
+        return ReferenceRewards([(s, i, r) for (s, i, _), r in zip(steps, p)])
+    return score
+
+
+def _scalar(src, dtype: str, device: str, **_):
+    import numpy as np
+    from rfedge.steps import boundary_tokens, split_steps
+    from tokenizers import Tokenizer
+
+    from .reference import scalar_rewards
+    from .source import load_scalar_prm
+
+    prm = load_scalar_prm(src, dtype)
+    _device(prm.body, device), _device(prm.head, device)
+    if prm.step_head is not None:
+        _device(prm.step_head, device)
+    tk = Tokenizer.from_file(str(src.path / "tokenizer.json"))
+
+    def score(trace) -> ReferenceRewards:
+        enc = tk.encode(trace.text, add_special_tokens=False)
+        steps = split_steps(trace.problem, trace.completion)
+        starts = np.array([o[0] for o in enc.offsets], dtype=np.int64)
+        toks = boundary_tokens(steps, starts)
+        r, t = scalar_rewards(prm, np.array(enc.ids), toks, device=device)
+        return ReferenceRewards([(s.section, s.index, float(x)) for s, x in zip(steps, r)], t)
+    return score
+
+
+LOADERS = {"two-class": _two_class, "lm-tokens": _lm_tokens, "scalar": _scalar}
+LAYOUTS = tuple(LOADERS)
+
+
+def load_reference(source: str, layout: str | None = None, dtype: str = "fp32", device: str = "cpu",
+                   **options) -> Reference:
+    from .source import Source, resolve_source
+
+    src = resolve_source(source)
+    layout = layout or src.layout
+    if layout == "scalar-head":
+        layout = "scalar"
+    if layout not in LOADERS:
+        raise UsageError(f"unknown reference layout '{layout}': choose one of {', '.join(LAYOUTS)}")
+    src = Source(src.path, src.id, src.revision, "scalar-head" if layout == "scalar" else layout)
+    fn = LOADERS[layout](src, dtype=dtype, device=device, **options)
+    return Reference(layout, src.id, fn, {"dtype": dtype, **{k: v for k, v in options.items() if v is not None}})

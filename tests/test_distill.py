@@ -1,0 +1,95 @@
+"""Distillation on tiny models: the loss falls, the step head lands in the graph and the manifest."""
+
+import json
+
+import pytest
+
+from rfedge import Scorer
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    import torch
+
+    from rfedge_export.demo import DemoConfig, _teacher_module, save_teacher
+    from rfedge_export.qwen_vocab import QWEN25_MATH_PRM_SPECIALS, write_tokenizer_files
+
+    root = tmp_path_factory.mktemp("distill-teacher")
+    write_tokenizer_files(root / "tok", QWEN25_MATH_PRM_SPECIALS)
+    torch.manual_seed(3)
+    t = _teacher_module(DemoConfig(hidden=32, layers=1, intermediate=64), range(10))
+    with torch.no_grad():
+        t.score[2].weight.mul_(30)
+    return save_teacher(t.eval(), root / "teacher", root / "tok")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from rfedge.synth import generate
+
+    path = tmp_path_factory.mktemp("distill-data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in generate("arith", 24, seed=21)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory, teacher_dir, scalar_ckpt, data):
+    from rfedge_export.distill import DistillConfig, distill
+
+    out = tmp_path_factory.mktemp("distilled") / "student"
+    info = distill(str(data), str(teacher_dir), str(scalar_ckpt), out, DistillConfig(epochs=40, lr=3e-3),
+                   log=lambda m: None)
+    return out, info
+
+
+def test_loss_falls_and_files_are_written(distilled):
+    out, info = distilled
+    assert info["loss_history"][-1] < 0.9 * info["loss_history"][0]
+    assert (out / "step_head.safetensors").is_file() and (out / "reward_head.pt").is_file()
+    meta = json.loads((out / "distill.json").read_text())
+    assert meta["distilled_from"]["layout"] == "two-class" and meta["steps"] > 24
+
+
+def test_export_puts_step_head_in_graph(distilled, tmp_path, data):
+    from rfedge_export.pipeline import export_model
+    from rfedge_export.reference import scalar_rewards
+    from rfedge_export.source import load_scalar_prm, resolve_source
+
+    out, _ = distilled
+    export_model(str(out), tmp_path / "m", precision="fp32", log=lambda m: None, progress=None)
+    scorer = Scorer.load(tmp_path / "m", device="cpu")
+    assert scorer.manifest.heads == {"trajectory": "reward_head", "step": "step_head"}
+    prm = load_scalar_prm(resolve_source(str(out)))
+    assert prm.step_head is not None
+    record = json.loads(data.read_text().splitlines()[0])
+    result = scorer.score(record)
+    enc = scorer.tokenizer.encode(__import__("rfedge").parse_trace(record))
+    ref_steps, ref_traj = scalar_rewards(prm, enc.ids, enc.step_tokens)
+    assert [s.reward for s in result.steps] == pytest.approx(ref_steps.tolist(), abs=1e-4)
+    assert result.trajectory_reward == pytest.approx(ref_traj, abs=1e-4)
+
+
+def test_frozen_backbone_keeps_trajectory_reward(distilled, scalar_ckpt, fp32_export, tmp_path, data):
+    from rfedge_export.pipeline import export_model
+
+    out, _ = distilled
+    export_model(str(out), tmp_path / "m", precision="fp32", log=lambda m: None, progress=None)
+    records = [json.loads(x) for x in data.read_text().splitlines()[:5]]
+    before = Scorer.load(fp32_export, device="cpu").score_many(records)
+    after = Scorer.load(tmp_path / "m", device="cpu").score_many(records)
+    assert [a.trajectory_reward for a in after] == pytest.approx([b.trajectory_reward for b in before], abs=1e-5)
+
+
+def test_unfreeze_and_resume(teacher_dir, scalar_ckpt, data, tmp_path):
+    from rfedge.errors import UsageError
+    from rfedge_export.distill import DistillConfig, distill
+
+    out = tmp_path / "u"
+    cfg = DistillConfig(epochs=1, unfreeze_layers=1, batch_size=32)
+    first = distill(str(data), str(teacher_dir), str(scalar_ckpt), out, cfg, log=lambda m: None)
+    assert len(first["loss_history"]) == 1 and (out / "model.safetensors").is_file()
+    with pytest.raises(UsageError):
+        distill(str(data), str(teacher_dir), str(scalar_ckpt), out, cfg, log=lambda m: None)
+    more = distill(str(data), str(teacher_dir), str(scalar_ckpt), out, DistillConfig(epochs=2, unfreeze_layers=1,
+                   batch_size=32), resume=True, log=lambda m: None)
+    assert len(more["loss_history"]) == 1  # only epoch 2 ran
