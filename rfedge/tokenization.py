@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelFilesError
+from .errors import ModelFilesError, TraceFormatError
 from .steps import Step, boundary_tokens, split_steps
 from .traces import Trace
 
@@ -32,6 +32,12 @@ class TraceTokenizer:
 
     def encode(self, trace: Trace) -> Encoded:
         text = trace.text
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise TraceFormatError(
+                f"text has an unpaired surrogate ({text[e.start].encode('unicode_escape').decode()}) at character "
+                f"{e.start}; send valid UTF-8 or complete \\uD8xx\\uDCxx pairs") from None
         enc = self._tk.encode(text, add_special_tokens=False)
         starts = np.fromiter((o[0] for o in enc.offsets), dtype=np.int64, count=len(enc.offsets))
         steps = split_steps(trace.problem, trace.completion)
