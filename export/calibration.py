@@ -7,7 +7,7 @@ traces with ``rfedge export --calibration FILE``.
 
 from __future__ import annotations
 
-from rfedge.traces import Trace, open_traces, parse_trace
+from rfedge.traces import Trace, parse_trace, read_traces
 
 _ARITH = [
     ("Start with 12. Then add 7, subtract 5, and add 30. What is the final number?",
@@ -58,11 +58,4 @@ def builtin_traces() -> list[Trace]:
 
 
 def load_calibration(path: str | None) -> list[Trace]:
-    if path is None:
-        return builtin_traces()
-    out = []
-    for record in open_traces(path).records:
-        if record.error is not None:
-            raise record.error
-        out.append(record.trace)
-    return out
+    return builtin_traces() if path is None else read_traces(path)

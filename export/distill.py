@@ -25,7 +25,9 @@ from rfedge.errors import UsageError
 from rfedge.steps import boundary_tokens, split_steps
 
 from .heads import make_step_head
-from .parity import RewardCache, _cache_key, load_traces
+from rfedge.traces import read_traces
+
+from .parity import RewardCache, _cache_key
 
 STEP_HEAD_FILE = "step_head.safetensors"
 
@@ -102,7 +104,7 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
         raise UsageError(f"{out}: exists; pass --resume to continue it or choose another --out")
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    traces = load_traces(data)
+    traces = read_traces(data)
     src = resolve_source(student)
     prm = load_scalar_prm(src, cfg.dtype)
     if prm.step_head is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rfedge.errors import ValidationError
-from rfedge.traces import Trace, open_traces
+from rfedge.traces import Trace, read_traces
 
 from . import metrics as M
 
@@ -90,15 +90,6 @@ def reference_aggregate(steps: list, trajectory: float | None, alpha: float) -> 
     rewards = [r for _, _, r in steps]
     term = trajectory if trajectory is not None else (rewards[-1] if rewards else 0.0)
     return (float(np.mean(rewards)) if rewards else 0.0) + alpha * term
-
-
-def load_traces(path: str) -> list[Trace]:
-    out = []
-    for record in open_traces(path).records:
-        if record.error is not None:
-            raise record.error
-        out.append(record.trace)
-    return out
 
 
 def score_both(traces: list[Trace], reference, scorer, cache: RewardCache, alpha: float, progress=None) -> list[Scored]:
@@ -266,7 +257,7 @@ def run_parity(data: str, reference_source: str, candidate: str, out: Path, layo
     from .references import load_reference
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    traces = load_traces(data)
+    traces = read_traces(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scorer = Scorer.load(candidate, device="auto" if device == "cuda" else "cpu", alpha=alpha)

@@ -47,7 +47,7 @@ def _prepare_out(out: Path) -> None:
 def export_model(source: str, out: Path, precision: str = "int8", recipe: str | None = None,
                  max_length: int | None = None, calibration: str | None = None,
                  tolerance: dict | None = None, revision: str | None = None,
-                 notice: str | None = None, log=_log, progress=_progress) -> dict:
+                 notice: str | None = None, source_id: str | None = None, log=_log, progress=_progress) -> dict:
     """Export ``source`` to ``out``; returns the manifest written. Raises ValidationError on a miss."""
     import torch
 
@@ -81,7 +81,7 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
         shutil.rmtree(fp32_dir)
         shutil.copyfile(src.path / "tokenizer.json", final / "tokenizer.json")
         manifest = {
-            "source": {"id": src.id, "revision": src.revision, "layout": src.layout,
+            "source": {"id": source_id or src.id, "revision": src.revision, "layout": src.layout,
                        "hidden_size": cfg.get("hidden_size"), "num_hidden_layers": cfg.get("num_hidden_layers")},
             "precision": precision,
             "quantization": {"recipe": rec.name, **quant},

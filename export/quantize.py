@@ -43,7 +43,8 @@ def _save(model, dst: Path) -> None:
     import onnx
 
     sparsify_initializers(model)
-    large = model.ByteSize() > EXTERNAL_DATA_BYTES if hasattr(model, "ByteSize") else True
+    # ByteSize() itself fails past protobuf's 2 GB limit, so count the weights instead.
+    large = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     onnx.save_model(model, str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=dst.name + ".data" if large else None, size_threshold=1024)
 

@@ -54,14 +54,12 @@ def _separator_positions(ids, steps, trace):
     return positions
 
 
-def _two_class(src, dtype: str, device: str, **_):
+def _separator_scorer(src, body, verdict, device: str):
+    """Score a trace in the chat format: ``verdict`` maps the final states at the <extra_0>
+    separators to P(correct) per step."""
     import torch
     from tokenizers import Tokenizer
 
-    from .source import load_two_class_prm
-
-    prm = load_two_class_prm(src, dtype)
-    _device(prm.body, device), _device(prm.score, device)
     tk = Tokenizer.from_file(str(src.path / "tokenizer.json"))
 
     def score(trace) -> ReferenceRewards:
@@ -71,16 +69,25 @@ def _two_class(src, dtype: str, device: str, **_):
         if not pos:
             return ReferenceRewards([])
         with torch.no_grad():
-            h = prm.body(input_ids=torch.tensor([ids], device=device)).last_hidden_state[0, pos]
-            p = torch.softmax(prm.score(h).float(), dim=-1)[:, 1].cpu().tolist()
+            h = body(input_ids=torch.tensor([ids], device=device)).last_hidden_state[0, pos]
+            p = verdict(h).cpu().tolist()
         return ReferenceRewards([(s, i, r) for (s, i, _), r in zip(steps, p)])
     return score
+
+
+def _two_class(src, dtype: str, device: str, **_):
+    import torch
+
+    from .source import load_two_class_prm
+
+    prm = load_two_class_prm(src, dtype)
+    _device(prm.body, device), _device(prm.score, device)
+    return _separator_scorer(src, prm.body, lambda h: torch.softmax(prm.score(h).float(), dim=-1)[:, 1], device)
 
 
 def _lm_tokens(src, dtype: str, device: str, positive_token: int | None = None,
                negative_token: int | None = None, **_):
     import torch
-    from tokenizers import Tokenizer
     from transformers import Qwen2ForCausalLM
 
     if positive_token is None or negative_token is None:
@@ -88,20 +95,10 @@ def _lm_tokens(src, dtype: str, device: str, positive_token: int | None = None,
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     model = _device(Qwen2ForCausalLM.from_pretrained(str(src.path), dtype=torch_dtype, trust_remote_code=False).eval(),
                     device)
-    tk = Tokenizer.from_file(str(src.path / "tokenizer.json"))
 
-    def score(trace) -> ReferenceRewards:
-        steps = step_texts(trace)
-        ids = tk.encode(render_prm_chat(trace.problem, [t for _, _, t in steps]), add_special_tokens=False).ids
-        pos = _separator_positions(ids, steps, trace)
-        if not pos:
-            return ReferenceRewards([])
-        with torch.no_grad():
-            h = model.model(input_ids=torch.tensor([ids], device=device)).last_hidden_state[0, pos]
-            logits = model.lm_head(h)[:, [positive_token, negative_token]].float()
-            p = torch.softmax(logits, dim=-1)[:, 0].cpu().tolist()
-        return ReferenceRewards([(s, i, r) for (s, i, _), r in zip(steps, p)])
-    return score
+    def verdict(h):
+        return torch.softmax(model.lm_head(h)[:, [positive_token, negative_token]].float(), dim=-1)[:, 0]
+    return _separator_scorer(src, model.model, verdict, device)
 
 
 def _scalar(src, dtype: str, device: str, **_):

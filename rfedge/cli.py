@@ -327,7 +327,7 @@ def demo_build(out, steps, bundle):
     demo_mod.train_demo(out, config)
     for precision in ("fp32", "int8"):
         pipeline.export_model(str(out / "student"), out / f"student-{precision}", precision=precision,
-                              max_length=1024, notice=demo_mod.DEMO_NOTICE)
+                              max_length=1024, notice=demo_mod.DEMO_NOTICE, source_id="rfedge-demo-arith-student")
     metrics = _demo_evaluate(demo_mod, out)
     if bundle:
         if BUNDLED_DIR.exists():

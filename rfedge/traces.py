@@ -217,6 +217,16 @@ def open_traces(path: str) -> TraceSource:
     return _whole_json(path, text)
 
 
+def read_traces(path: str) -> list[Trace]:
+    """All traces of ``path``, raising on the first bad record (for tools that need a clean set)."""
+    out = []
+    for record in open_traces(path).records:
+        if record.error is not None:
+            raise record.error
+        out.append(record.trace)
+    return out
+
+
 def _guard_decode(name: str, records: Iterator[Record]) -> Iterator[Record]:
     try:
         yield from records
