@@ -349,7 +349,6 @@ def train_demo(out: Path, c: DemoConfig = DemoConfig(), which=("teacher", "stude
     import torch
 
     torch.manual_seed(c.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(out)
     tok_dirs = {"student": out / "_tokenizer-qwen2.5", "teacher": out / "_tokenizer-qwen2.5-math-prm"}
     tks = {"student": build_tokenizer(QWEN25_SPECIALS), "teacher": build_tokenizer(QWEN25_MATH_PRM_SPECIALS)}

@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from rfedge import __version__
@@ -21,7 +21,7 @@ from rfedge.manifest import INPUTS, MANIFEST_NAME, OUTPUTS, write_manifest
 from .calibration import load_calibration
 from .graph import PooledPRM
 from .onnx_export import export_onnx
-from .quantize import Tolerance, get_recipe
+from .quantize import get_recipe
 from .source import load_scalar_prm, read_config, resolve_source
 from .validate import validate
 

@@ -10,7 +10,6 @@ probabilities.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from rfedge.errors import UsageError

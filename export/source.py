@@ -200,7 +200,6 @@ class TwoClassPRM:
 
 def load_two_class_prm(source: Source, dtype: str = "fp32") -> TwoClassPRM:
     """Load the body through transformers and the score MLP from the safetensors shards, no remote code."""
-    import torch
     import torch.nn as nn
     from safetensors import safe_open
 
