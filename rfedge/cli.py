@@ -26,6 +26,13 @@ def _fail(err: RfedgeError) -> None:
     sys.exit(err.exit_code)
 
 
+def _stdout_closed() -> None:
+    """The reader went away (``rfedge score big.jsonl | head``): stop quietly, as Unix tools do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot raise again
+    sys.exit(141)
+
+
 def reports_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -33,6 +40,8 @@ def reports_errors(fn):
             return fn(*args, **kwargs)
         except RfedgeError as e:
             _fail(e)
+        except BrokenPipeError:
+            _stdout_closed()
     return wrapper
 
 

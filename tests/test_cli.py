@@ -131,3 +131,16 @@ def test_runtime_never_imports_torch(fp32_export, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "HEAVY:\n" in p.stderr, p.stderr
     assert json.loads(p.stdout)["id"] == "g"
+
+
+def test_closed_stdout_stops_quietly(fp32_export, tmp_path):
+    """`rfedge score big.jsonl | head -1`: no BrokenPipeError traceback, the SIGPIPE exit status."""
+    f = tmp_path / "many.jsonl"
+    f.write_text("".join(json.dumps({**GOOD, "id": str(i)}) + "\n" for i in range(3000)))
+    p = subprocess.Popen([sys.executable, "-m", "rfedge", "score", str(f), "--model", str(fp32_export)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert json.loads(p.stdout.readline())["id"] == "0"
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err
