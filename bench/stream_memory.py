@@ -59,12 +59,14 @@ def write_input(path: Path, size_mb: int, seed: int = 0) -> dict:
     return counts
 
 
-def run(size_mb: int, workdir: Path, model: str | None) -> dict:
+def run(size_mb: int, workdir: Path, model: str | None, batch_tokens: int | None) -> dict:
     src, out = workdir / f"in-{size_mb}.jsonl", workdir / f"out-{size_mb}.jsonl"
     counts = write_input(src, size_mb)
     cmd = [sys.executable, "-m", "rfedge", "score", str(src), "--output", str(out)]
     if model:
         cmd += ["--model", model]
+    if batch_tokens:
+        cmd += ["--batch-tokens", str(batch_tokens)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = proc.stderr.read().decode()
@@ -78,7 +80,7 @@ def run(size_mb: int, workdir: Path, model: str | None) -> dict:
             ids.append(rec.get("id"))
             errors += "error" in rec
     expected = counts.pop("ids")
-    row = {"size_mb": size_mb, "input_bytes": src.stat().st_size, **counts, "output_lines": len(ids),
+    row = {"size_mb": size_mb, "batch_tokens": batch_tokens, "input_bytes": src.stat().st_size, **counts, "output_lines": len(ids),
            "error_lines": errors, "in_order": ids == expected, "exit_code": rc,
            "traceback": "Traceback" in stderr, "peak_rss_mb": usage.ru_maxrss / 1024, "seconds": wall}
     src.unlink()
@@ -90,13 +92,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, action="append", help="input size (repeatable; default 64 and 1024)")
     ap.add_argument("--model", default=None, help="model directory (default: rfedge's default resolution)")
+    ap.add_argument("--batch-tokens", type=int, default=None, help="passed to rfedge score")
     ap.add_argument("--workdir", default=None, help="where the input is written (needs size-mb of free disk)")
     args = ap.parse_args()
     sizes = args.size_mb or [64, 1024]
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as d:
         for size in sizes:
-            rows.append(run(size, Path(d), args.model))
+            rows.append(run(size, Path(d), args.model, args.batch_tokens))
             r = rows[-1]
             print(f"{r['size_mb']:>6} MB  lines {r['lines']:>7}  out {r['output_lines']:>7}  errors "
                   f"{r['error_lines']:>6}  in order {r['in_order']}  exit {r['exit_code']}  traceback "
