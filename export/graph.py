@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import causal_gqa
+
 
 def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     var = x.pow(2).mean(-1, keepdim=True)
@@ -43,15 +45,10 @@ class PooledPRM(nn.Module):
         attn = layer.self_attn
         q = attn.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return attn.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        q = (q * cos + _rotate_half(q) * sin).transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        k = (k * cos + _rotate_half(k) * sin).transpose(1, 2).reshape(B, T, self.n_kv * self.head_dim)
+        o = causal_gqa(q, k, attn.v_proj(h), self.n_heads, self.n_kv)
+        return attn.o_proj(o)
 
     def forward(self, input_ids, attention_mask, step_index):
         B, T = input_ids.shape

@@ -17,6 +17,8 @@ def export_onnx(module, out_path: Path, param_bytes: int) -> Path:
     """Export ``module`` (a :class:`~rfedge_export.graph.PooledPRM`) to ``out_path``."""
     import torch
 
+    from .attention import translation_table
+
     ids = torch.tensor([[16, 17, 18, 19, 20, 271, 9707, 1879]], dtype=torch.long).repeat(2, 1)
     mask = torch.ones_like(ids)
     steps = torch.tensor([[2, 5, 7], [4, -1, -1]], dtype=torch.long)
@@ -26,6 +28,7 @@ def export_onnx(module, out_path: Path, param_bytes: int) -> Path:
         program = torch.onnx.export(
             module, (ids, mask, steps), dynamo=True, input_names=list(INPUTS),
             output_names=list(OUTPUTS), opset_version=OPSET, optimize=True, verbose=False,
+            custom_translation_table=translation_table(),
             dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: nsteps}))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(out_path), external_data=param_bytes > EXTERNAL_DATA_BYTES)

@@ -23,7 +23,7 @@ from .graph import PooledPRM
 from .onnx_export import export_onnx
 from .quantize import get_recipe
 from .source import load_scalar_prm, read_config, resolve_source
-from .validate import validate
+from .validate import reference_rewards, validate
 
 DEFAULT_MAX_LENGTH = 8192
 
@@ -35,7 +35,7 @@ def _log(msg: str) -> None:
 def _progress(items):
     from tqdm import tqdm
 
-    return tqdm(items, desc="validating", unit="trace", file=sys.stderr, leave=False)
+    return tqdm(items, desc="reference", unit="trace", file=sys.stderr, leave=False)
 
 
 def _prepare_out(out: Path) -> None:
@@ -56,7 +56,7 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
     out = Path(out)
     _prepare_out(out)
     traces = load_calibration(calibration)
-    log(f"[1/5] loading {source}")
+    log(f"[1/6] loading {source}")
     src = resolve_source(source, revision)
     cfg = read_config(src.path)
     limit = cfg.get("max_position_embeddings", DEFAULT_MAX_LENGTH)
@@ -66,45 +66,64 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
     if not (src.path / "tokenizer.json").is_file():
         raise ModelFilesError(f"{src.path}: no tokenizer.json; the runtime needs the fast tokenizer file")
     prm = load_scalar_prm(src)
+    from rfedge.tokenization import TraceTokenizer
+
+    tokenizer = TraceTokenizer(src.path / "tokenizer.json")
+    log(f"[2/6] reference rewards of the torch fp32 source on {len(traces)} calibration traces")
+    references = reference_rewards(prm, tokenizer, traces, max_length, progress)
+    smoothing, keep_fp32 = None, []
+    if rec.smooth:
+        from .smoothing import smooth_and_select
+
+        log("      searching SmoothQuant scales per layer on the calibration activations")
+        token_lists = [tokenizer.encode(t).ids[:max_length] for t in traces]
+        smoothing, keep_fp32 = smooth_and_select(prm.body, token_lists, rec.weight_qmax, rec.max_error)
+        log(f"      folded into the weights; worst relative error {smoothing['max_relative_error']}, "
+            f"{len(keep_fp32)} linear(s) kept fp32")
     module = PooledPRM(prm.body, prm.head, prm.step_head).eval()
     param_bytes = sum(p.numel() * 4 for p in module.parameters())
+    has_step_head = prm.step_head is not None
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        log(f"[2/5] exporting ONNX ({param_bytes / 1e6:.1f} MB of fp32 weights)")
+        log(f"[3/6] exporting ONNX ({param_bytes / 1e6:.1f} MB of fp32 weights)")
         fp32_dir = work / "fp32"
         with torch.no_grad():
             fp32 = export_onnx(module, fp32_dir / "model.onnx", param_bytes)
+        del module, prm  # the torch weights are not needed past this point: free them before quantizing
+        import gc
+
+        gc.collect()
         final = work / "model"
         final.mkdir()
-        log(f"[3/5] applying {rec.name}: {rec.description}")
-        quant = rec.apply(fp32, final / "model.onnx")
+        log(f"[4/6] applying {rec.name}: {rec.description}")
+        quant = rec.apply(fp32, final / "model.onnx", keep_fp32=keep_fp32)
         shutil.rmtree(fp32_dir)
         shutil.copyfile(src.path / "tokenizer.json", final / "tokenizer.json")
         manifest = {
             "source": {"id": source_id or src.id, "revision": src.revision, "layout": src.layout,
                        "hidden_size": cfg.get("hidden_size"), "num_hidden_layers": cfg.get("num_hidden_layers")},
             "precision": precision,
-            "quantization": {"recipe": rec.name, **quant},
+            "quantization": {"recipe": rec.name, **quant, **({"smoothing": smoothing} if smoothing else {})},
             "inputs": list(INPUTS), "outputs": list(OUTPUTS),
             "graph": "model.onnx", "tokenizer": "tokenizer.json",
             "max_length": max_length,
             "pad_token_id": cfg.get("eos_token_id") if isinstance(cfg.get("eos_token_id"), int) else 151643,
-            "heads": {"trajectory": "reward_head", "step": "step_head" if prm.step_head is not None else "reward_head"},
+            "heads": {"trajectory": "reward_head", "step": "step_head" if has_step_head else "reward_head"},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "created_by": f"rfedge {__version__}",
         }
         if notice:
             manifest["notice"] = notice
         write_manifest(final, manifest)
-        log(f"[4/5] validating against the torch fp32 source on {len(traces)} calibration traces")
+        log("[5/6] validating the written graph against the reference rewards")
         from rfedge.scorer import Scorer
 
         scorer = Scorer.load(final, device="cpu")
-        report = validate(prm, scorer, traces, precision, tol, progress)
+        report = validate(references, scorer, traces, precision, tol)
         log(f"      {report.summary()}")
         report.raise_on_failure()
         manifest["validation"] = report.to_dict()
-        log(f"[5/5] writing {out}")
+        log(f"[6/6] writing {out}")
         del scorer
         write_manifest(final, manifest)
         if out.exists():

@@ -28,9 +28,12 @@ class Recipe:
     name: str
     precision: str
     description: str
-    apply: Callable[[Path, Path], dict]
+    apply: Callable[..., dict]  # (src, dst, keep_fp32=()) -> what it did
     tolerance: Tolerance
     options: dict = field(default_factory=dict)
+    smooth: bool = False  # search and fold SmoothQuant scales into the weights before export
+    weight_qmax: int = 63  # the integer weight range the recipe's kernel uses (for the search)
+    max_error: float = 0.05  # a linear whose quantized relative error stays above this is kept fp32
 
 
 def _load(path: Path):
@@ -49,12 +52,12 @@ def _save(model, dst: Path) -> None:
                     location=dst.name + ".data" if large else None, size_threshold=1024)
 
 
-def _fp32(src: Path, dst: Path) -> dict:
+def _fp32(src: Path, dst: Path, keep_fp32=()) -> dict:
     _save(_load(src), dst)
     return {"method": "none"}
 
 
-def _fp16(src: Path, dst: Path) -> dict:
+def _fp16(src: Path, dst: Path, keep_fp32=()) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     # Normalisation and softmax statistics stay fp32: squares of outlier activations overflow fp16.
@@ -145,7 +148,7 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _int8_dynamic(src: Path, dst: Path) -> dict:
+def _int8_dynamic(src: Path, dst: Path, keep_fp32=()) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
@@ -161,8 +164,21 @@ def _int8_dynamic(src: Path, dst: Path) -> dict:
             "activations": "uint8 dynamic per-tensor", "ops": ["MatMul"]}
 
 
+def _int8_smooth(src: Path, dst: Path, keep_fp32=()) -> dict:
+    from .int8 import dynamic_int8
+
+    model, count = dynamic_int8(src, qmax=63, keep_fp32=keep_fp32)
+    embeddings = quantize_embedding_int8(model)
+    _save(model, dst)
+    return {"method": "MatMulInteger, per-token dynamic activations", "matmuls": count,
+            "weights": "int8 per output channel, 7-bit range (no int16 saturation on non-VNNI CPUs)",
+            "activations": "int8 per token (uint8, zero point 128), after SmoothQuant equalization",
+            "kept_fp32": list(keep_fp32),
+            "embedding": f"int8 per-row ({embeddings} table)", "heads": "fp32"}
+
+
 def _nbits(bits: int, block: int, accuracy_level: int) -> Callable[[Path, Path], dict]:
-    def apply(src: Path, dst: Path) -> dict:
+    def apply(src: Path, dst: Path, keep_fp32=()) -> dict:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         with _quiet():
@@ -180,6 +196,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("fp32", "fp32", "no quantization", _fp32, Tolerance(1e-4, 1e-4, 0.999)),
     Recipe("fp16", "fp16", "float16 weights and compute, norms and softmax in fp32", _fp16,
            Tolerance(2e-2, 2e-2, 0.99)),
+    Recipe("int8-smooth", "int8", "SmoothQuant equalization folded into the weights, then dynamic INT8 "
+           "with per-token activation scales and 7-bit per-channel weights; int8 embedding, fp32 heads",
+           _int8_smooth, Tolerance(0.05, 0.05, 0.95), smooth=True),
     Recipe("int8-block32", "int8", "MatMulNBits 8-bit weights, block 32, int8 compute per block; "
            "int8 embedding", _nbits(8, 32, 4), Tolerance(0.05, 0.05, 0.95)),
     Recipe("int8-dynamic", "int8", "quantize_dynamic: int8 per-channel weights, per-tensor uint8 "
@@ -189,7 +208,7 @@ RECIPES: tuple[Recipe, ...] = (
            _nbits(4, 32, 4), Tolerance(0.1, 0.1, 0.9)),
 )
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-DEFAULT_RECIPE = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-block32", "int4": "int4-block32"}
+DEFAULT_RECIPE = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-smooth", "int4": "int4-block32"}
 
 
 def get_recipe(precision: str, name: str | None = None) -> Recipe:

@@ -58,19 +58,27 @@ class ValidationReport:
                 + "\nloosen with --max-step-delta/--max-trajectory-delta/--min-spearman only if you accept it")
 
 
-def validate(prm, scorer, traces, precision: str, tolerance: Tolerance, progress=None) -> ValidationReport:
+def reference_rewards(prm, tokenizer, traces, max_len: int, progress=None) -> list[tuple[np.ndarray, float]]:
+    """The source model's (step rewards, trajectory reward) per trace, in torch fp32.
+
+    Computed before export (and before any weight folding), so the torch model can be freed before
+    quantization; only these numbers are kept.
+    """
+    out = []
+    for trace in (progress(traces) if progress else traces):
+        enc = tokenizer.encode(trace)
+        n = min(len(enc.ids), max_len)
+        out.append(scalar_rewards(prm, enc.ids[:n], enc.step_tokens[enc.step_tokens < n]))
+    return out
+
+
+def validate(references, scorer, traces, precision: str, tolerance: Tolerance) -> ValidationReport:
     from scipy.stats import spearmanr
 
     results = scorer.score_many(traces)
     ref_traj, cand_traj = [], []
     max_step, worst, n_steps = 0.0, "none", 0
-    max_len = scorer.manifest.max_length
-    iterator = progress(list(zip(traces, results))) if progress else zip(traces, results)
-    for trace, result in iterator:
-        enc = scorer.tokenizer.encode(trace)
-        n = min(len(enc.ids), max_len)
-        scored = enc.step_tokens < n
-        ref_steps, ref_t = scalar_rewards(prm, enc.ids[:n], enc.step_tokens[scored])
+    for trace, result, (ref_steps, ref_t) in zip(traces, results, references):
         cand_steps = np.array([s.reward for s in result.steps if s.reward is not None], dtype=np.float64)
         if len(cand_steps) != len(ref_steps):
             raise ValidationError(f"trace {trace.id}: {len(cand_steps)} scored steps, reference has {len(ref_steps)}")

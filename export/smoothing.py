@@ -1,0 +1,163 @@
+"""SmoothQuant-style equalization, folded exactly into the fp32 weights before export.
+
+Per-tensor dynamic INT8 gives every MatMul input one scale, so a few activation channels tens of
+times larger than the rest (trained LLMs have them) flatten all other channels to a handful of
+levels. Equalization divides each input channel j by s_j = max|X_j|^alpha / max|W_j|^(1-alpha)
+and multiplies the matching weight column by s_j, leaving the product unchanged (Xiao et al.,
+SmoothQuant, 2023). Every division is folded into an op that already exists, so the graph and the
+fp32 function stay the same:
+
+- q/k/v input  = input_layernorm(x):          divide the norm weight, scale q/k/v columns;
+- gate/up input = post_attention_layernorm(x): divide the norm weight, scale gate/up columns;
+- down input   = silu(gate) * up:              divide up_proj rows (the product is linear in up);
+- o_proj input = attention(v):                 divide v_proj rows and bias (attention is linear in
+  v); one scale per kv-head channel, shared by the query heads of its group.
+
+Channel statistics come from a forward pass of the source model over calibration traces.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # None: no equalization at that point
+MAX_TOKENS = 1024  # calibration tokens kept per point for the search (a strided subset)
+POINTS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
+CONSUMERS = {"self_attn.q_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+             "self_attn.o_proj": ("self_attn.o_proj",), "mlp.gate_proj": ("mlp.gate_proj", "mlp.up_proj"),
+             "mlp.down_proj": ("mlp.down_proj",)}
+
+
+def capture_inputs(body, token_lists, max_tokens: int = MAX_TOKENS) -> list[dict[str, torch.Tensor]]:
+    """Per layer and smoothing point, the input activations [tokens, K] over the calibration traces."""
+    chunks: list[dict[str, list]] = [{p: [] for p in POINTS} for _ in body.layers]
+    hooks = []
+    for i, layer in enumerate(body.layers):
+        for point in POINTS:
+            def hook(_mod, args, i=i, point=point):
+                chunks[i][point].append(args[0].detach().flatten(0, -2).float())
+            hooks.append(layer.get_submodule(point).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for ids in token_lists:
+                body(input_ids=torch.as_tensor(ids, dtype=torch.long).unsqueeze(0))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for layer_chunks in chunks:
+        d = {}
+        for point, xs in layer_chunks.items():
+            x = torch.cat(xs)
+            d[point] = x[:: max(1, len(x) // max_tokens)]
+        out.append(d)
+    return out
+
+
+def fake_quant_activations(x: torch.Tensor) -> torch.Tensor:
+    """The graph's activation quantization: symmetric int8, one scale per token (row)."""
+    scale = torch.clamp(x.abs().amax(-1, keepdim=True) / 127, min=1e-12)
+    return torch.clamp(torch.round(x / scale), -127, 127) * scale
+
+
+def fake_quant_weight(w: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Symmetric per output channel (rows of a torch Linear weight)."""
+    scale = torch.clamp(w.abs().amax(1, keepdim=True), min=1e-12) / qmax
+    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+
+
+def quant_error(x: torch.Tensor, weights: list[torch.Tensor], qmax: int, refs=None) -> list[float]:
+    """Worst per-token error of each dynamically quantized x @ W^T, relative to a typical token.
+
+    Per token, not over the whole tensor: one scale serves every token of the call, so a token
+    far below the largest loses most precision, and an L2 norm over all tokens hides it. The
+    error is divided by the RMS output norm over tokens (not the token's own norm), so tokens whose
+    output is tiny anyway do not dominate. ``refs``: the fp32 products, when already computed.
+    """
+    xq = fake_quant_activations(x)
+    errs = []
+    for k, w in enumerate(weights):
+        ref = x @ w.T if refs is None else refs[k]
+        diff = (xq @ fake_quant_weight(w, qmax).T - ref).norm(dim=1)
+        typical = ref.norm(dim=1).pow(2).mean().sqrt().clamp(min=1e-12)
+        errs.append(float(diff.max() / typical))
+    return errs
+
+
+def _scales(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float | None) -> torch.Tensor:
+    if alpha is None:
+        return torch.ones_like(act_absmax)
+    w = torch.stack([m.abs().amax(0) for m in weights]).amax(0)  # per input channel
+    s = act_absmax.clamp(min=1e-5).pow(alpha) / w.clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+def _group_scales(s: torch.Tensor, n_kv: int, group: int, d: int) -> torch.Tensor:
+    """o_proj input channel (head h, dim i) carries v channel (kv head h // group, dim i): share s."""
+    return s.view(n_kv, group, d).amax(1).view(n_kv, 1, d).expand(n_kv, group, d).reshape(-1)
+
+
+def smooth_and_select(body, token_lists, qmax: int, max_error: float,
+                      alphas=ALPHAS) -> tuple[dict, list[str]]:
+    """Fold the best equalization per point into ``body``; name the linears to keep in fp32.
+
+    For each layer and smoothing point, try each alpha on the captured calibration inputs, with
+    the quantization the graph will use (per-tensor uint8 activations, per-channel weights of
+    ``qmax``), and keep the alpha with the smallest error. A linear whose error is still above
+    ``max_error`` is returned by module name, to be left unquantized.
+    """
+    cfg = body.config
+    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    group = n_heads // n_kv
+    captured = capture_inputs(body, token_lists)
+    chosen, keep_fp32, errors = {}, [], []
+    with torch.no_grad():
+        for i, (layer, xs) in enumerate(zip(body.layers, captured)):
+            for point in POINTS:
+                mods = [layer.get_submodule(c) for c in CONSUMERS[point]]
+                x = xs[point]
+                refs = [x @ m.weight.T for m in mods]  # equalization leaves the fp32 product unchanged
+                best = None
+                for alpha in alphas:
+                    s = _scales(x.abs().amax(0), [m.weight for m in mods], alpha)
+                    if point == "self_attn.o_proj":
+                        s = _group_scales(s, n_kv, group, d)
+                    errs = quant_error(x / s, [m.weight * s for m in mods], qmax, refs)
+                    if best is None or max(errs) < max(best[2]):
+                        best = (alpha, s, errs)
+                alpha, s, errs = best
+                chosen[f"layers.{i}.{point}"] = alpha
+                if alpha is not None:
+                    _fold_point(layer, point, s, n_kv, d)
+                for c, e in zip(CONSUMERS[point], errs):
+                    errors.append(e)
+                    if e > max_error:
+                        keep_fp32.append(f"layers.{i}.{c}")
+    summary = {"method": "smoothquant, alpha searched per layer and input", "alphas": list(alphas),
+               "calibration_tokens_per_point": int(captured[0]["mlp.down_proj"].shape[0]) if captured else 0,
+               "alpha_chosen": {str(a): sum(1 for v in chosen.values() if v == a) for a in alphas},
+               "max_relative_error": round(max(errors), 5) if errors else None,
+               "kept_fp32": keep_fp32, "max_error": max_error}
+    return summary, keep_fp32
+
+
+def _fold_point(layer, point: str, s: torch.Tensor, n_kv: int, d: int) -> None:
+    attn, mlp = layer.self_attn, layer.mlp
+    if point == "self_attn.q_proj":
+        layer.input_layernorm.weight.div_(s)
+        for m in (attn.q_proj, attn.k_proj, attn.v_proj):
+            m.weight.mul_(s)
+    elif point == "mlp.gate_proj":
+        layer.post_attention_layernorm.weight.div_(s)
+        for m in (mlp.gate_proj, mlp.up_proj):
+            m.weight.mul_(s)
+    elif point == "mlp.down_proj":
+        mlp.up_proj.weight.div_(s.unsqueeze(1))
+        mlp.down_proj.weight.mul_(s)
+    else:  # o_proj: s is already shared across each kv group
+        sv = s.view(n_kv, -1, d)[:, 0, :].reshape(-1)
+        attn.v_proj.weight.div_(sv.unsqueeze(1))
+        if attn.v_proj.bias is not None:
+            attn.v_proj.bias.div_(sv)
+        attn.o_proj.weight.mul_(s)
