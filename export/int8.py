@@ -58,7 +58,7 @@ def quantize_columns(w: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale.astype(np.float32)
 
 
-def _const(name: str, value, dtype) -> "onnx.TensorProto":
+def _const(name: str, value, dtype):
     from onnx import numpy_helper
 
     return numpy_helper.from_array(np.array(value, dtype=dtype), name)
@@ -81,8 +81,22 @@ def _quantize_rows(x: str, prefix: str) -> tuple[list, str, str]:
     ], f"{prefix}_xq", f"{prefix}_scale"
 
 
-def dynamic_int8(src: Path, qmax: int = 63, keep_fp32=()):
-    """Load ``src`` (fp32 graph), return (quantized ModelProto with all data in memory, count)."""
+def _module(scope: str) -> str | None:
+    """'layers.3.mlp.down_proj' from the exporter's name-scope metadata, if the node has one."""
+    for part in scope.strip("[]").replace("'", "").split(","):
+        part = part.strip()
+        if part.startswith(LAYER_SCOPE):
+            return part
+    return None
+
+
+def dynamic_int8(src: Path, formats: dict[str, str]):
+    """Load ``src`` (fp32 graph); return (quantized ModelProto with all data in memory, counts).
+
+    ``formats`` maps layer module names to "int8-7bit" (|q| <= 63, uint8 x int8 kernel),
+    "int8-8bit" (|q| <= 127 stored as uint8 with zero point 128, uint8 x uint8 kernel: full 8-bit
+    weights without int16 saturation) or "fp32"; MatMuls of modules not listed stay fp32.
+    """
     import onnx
     from onnx import helper, numpy_helper
 
@@ -93,16 +107,15 @@ def dynamic_int8(src: Path, qmax: int = 63, keep_fp32=()):
     for node in model.graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
-    new_nodes, replaced, count = [], set(), 0
+    new_nodes, replaced, counts = [], set(), {"int8-7bit": 0, "int8-8bit": 0}
     new_inits = [_const("rfq_axes", [-1], np.int64), _const("rfq_inv127", 1 / 127, np.float32),
                  _const("rfq_tiny", 1e-12, np.float32), _const("rfq_128f", 128, np.float32),
                  _const("rfq_zp", 128, np.uint8)]
     quantized_inputs: dict[str, tuple[str, str]] = {}
     for node in model.graph.node:
         init = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        scope = _scope(node)
-        if init is None or len(init.dims) != 2 or LAYER_SCOPE not in scope or consumers[init.name] != 1 \
-                or any(f"'{name}'" in scope for name in keep_fp32):
+        fmt = formats.get(_module(_scope(node)) or "", "fp32") if init is not None else "fp32"
+        if fmt == "fp32" or len(init.dims) != 2 or consumers[init.name] != 1:
             new_nodes.append(node)
             continue
         x = node.input[0]
@@ -111,18 +124,22 @@ def dynamic_int8(src: Path, qmax: int = 63, keep_fp32=()):
             new_nodes += nodes
             quantized_inputs[x] = (xq, scale)
         xq, xscale = quantized_inputs[x]
-        q, wscale = quantize_columns(read_initializer(init, base), qmax)
+        q, wscale = quantize_columns(read_initializer(init, base), 63 if fmt == "int8-7bit" else 127)
+        wzp = []
+        if fmt == "int8-8bit":
+            q, wzp = (q.astype(np.int16) + 128).astype(np.uint8), ["rfq_zp"]
         w = init.name
         new_inits += [numpy_helper.from_array(q, w + "_q"), numpy_helper.from_array(wscale, w + "_scale")]
         replaced.add(w)
         base_name = node.name or w
         new_nodes += [
-            helper.make_node("MatMulInteger", [xq, w + "_q", "rfq_zp"], [base_name + "_i32"], name=base_name + "_mmi"),
+            helper.make_node("MatMulInteger", [xq, w + "_q", "rfq_zp", *wzp], [base_name + "_i32"],
+                             name=base_name + "_mmi"),
             helper.make_node("Cast", [base_name + "_i32"], [base_name + "_f"], name=base_name + "_cast", to=onnx.TensorProto.FLOAT),
             helper.make_node("Mul", [base_name + "_f", xscale], [base_name + "_xs"], name=base_name + "_mulx"),
             helper.make_node("Mul", [base_name + "_xs", w + "_scale"], list(node.output), name=base_name + "_mulw"),
         ]
-        count += 1
+        counts[fmt] += 1
     kept = []
     for init in model.graph.initializer:
         if init.name in replaced:
@@ -132,4 +149,4 @@ def dynamic_int8(src: Path, qmax: int = 63, keep_fp32=()):
     model.graph.initializer.extend(kept + new_inits)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    return model, count
+    return model, counts

@@ -29,3 +29,37 @@ def inject_outliers(path: Path, alpha: float, channels: tuple[int, ...] = DEFAUL
         state[p + "mlp.up_proj.weight"][up_row] *= alpha
     save_file(state, str(f), metadata={"format": "pt"})
     return {"alpha": alpha, "norm_channels": list(channels), "up_proj_row": up_row, "layers": len(layers)}
+
+
+def tiny_checkpoint(path: Path, tokenizer_dir: Path, seed: int = 0, layers: int = 2,
+                           head_format: str = "pt", kv_heads: int = 2, head_scale: float = 4.0,
+                           hidden: int = 64) -> Path:
+    """A tiny ReasonFlux-PRM-1.5B-layout checkpoint (Qwen2ForCausalLM dir + reward head), random weights.
+
+    Real Qwen2.5 vocabulary size, so the real tokenizer files in ``tokenizer_dir`` fit it.
+    """
+    import shutil
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=151936, hidden_size=hidden, intermediate_size=128,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=kv_heads,
+                      max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
+                      eos_token_id=151643, bos_token_id=151643)
+    model = Qwen2ForCausalLM(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    head = torch.nn.Linear(hidden, 1)
+    with torch.no_grad():
+        head.weight.normal_(0, head_scale / hidden ** 0.5)
+    if head_format == "pt":
+        torch.save(head.state_dict(), path / "reward_head.pt")
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(path / "reward_head.safetensors"))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tokenizer_dir / f, path / f)
+    return path

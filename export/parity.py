@@ -185,7 +185,7 @@ def _fmt(v) -> str:
 
 
 def markdown(report: dict, meta: dict) -> str:
-    lines = [f"# rfedge parity report", "",
+    lines = ["# rfedge parity report", "",
              f"reference: `{meta['reference']}` ({meta['reference_layout']}, {meta['reference_dtype']}); "
              f"candidate: `{meta['candidate']}` ({meta['candidate_precision']}); alpha {meta['alpha']}", ""]
     for section, values in report.items():

@@ -28,7 +28,19 @@ from .validate import reference_rewards, validate
 DEFAULT_MAX_LENGTH = 8192
 
 
+def _memory() -> str:
+    """' (RSS x GB, peak y GB)' from /proc on Linux, else ''; export is the memory-hungry command."""
+    try:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        gb = lambda k: int(status[k].split()[0]) / 1e6
+        return f" (RSS {gb('VmRSS'):.1f} GB, peak {gb('VmHWM'):.1f} GB)"
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
 def _log(msg: str) -> None:
+    if msg.startswith("["):
+        msg += _memory()
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -71,15 +83,14 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
     tokenizer = TraceTokenizer(src.path / "tokenizer.json")
     log(f"[2/6] reference rewards of the torch fp32 source on {len(traces)} calibration traces")
     references = reference_rewards(prm, tokenizer, traces, max_length, progress)
-    smoothing, keep_fp32 = None, []
+    smoothing, formats = None, None
     if rec.smooth:
         from .smoothing import smooth_and_select
 
-        log("      searching SmoothQuant scales per layer on the calibration activations")
+        log("      searching SmoothQuant scales and weight formats per layer on the calibration activations")
         token_lists = [tokenizer.encode(t).ids[:max_length] for t in traces]
-        smoothing, keep_fp32 = smooth_and_select(prm.body, token_lists, rec.weight_qmax, rec.max_error)
-        log(f"      folded into the weights; worst relative error {smoothing['max_relative_error']}, "
-            f"{len(keep_fp32)} linear(s) kept fp32")
+        smoothing, formats = smooth_and_select(prm.body, token_lists, rec.fast_error, rec.max_error)
+        log(f"      folded into the weights; linears by format {smoothing['formats']}")
     module = PooledPRM(prm.body, prm.head, prm.step_head).eval()
     param_bytes = sum(p.numel() * 4 for p in module.parameters())
     has_step_head = prm.step_head is not None
@@ -96,7 +107,7 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
         final = work / "model"
         final.mkdir()
         log(f"[4/6] applying {rec.name}: {rec.description}")
-        quant = rec.apply(fp32, final / "model.onnx", keep_fp32=keep_fp32)
+        quant = rec.apply(fp32, final / "model.onnx", formats=formats)
         shutil.rmtree(fp32_dir)
         shutil.copyfile(src.path / "tokenizer.json", final / "tokenizer.json")
         manifest = {

@@ -28,12 +28,12 @@ class Recipe:
     name: str
     precision: str
     description: str
-    apply: Callable[..., dict]  # (src, dst, keep_fp32=()) -> what it did
+    apply: Callable[..., dict]  # (src, dst, formats=None) -> what it did
     tolerance: Tolerance
     options: dict = field(default_factory=dict)
     smooth: bool = False  # search and fold SmoothQuant scales into the weights before export
-    weight_qmax: int = 63  # the integer weight range the recipe's kernel uses (for the search)
-    max_error: float = 0.05  # a linear whose quantized relative error stays above this is kept fp32
+    fast_error: float = 0.03  # simulated error bound for 7-bit weights (the fast kernel)
+    max_error: float = 0.05  # ... for 8-bit weights; a linear above both stays fp32
 
 
 def _load(path: Path):
@@ -52,12 +52,12 @@ def _save(model, dst: Path) -> None:
                     location=dst.name + ".data" if large else None, size_threshold=1024)
 
 
-def _fp32(src: Path, dst: Path, keep_fp32=()) -> dict:
+def _fp32(src: Path, dst: Path, formats=None) -> dict:
     _save(_load(src), dst)
     return {"method": "none"}
 
 
-def _fp16(src: Path, dst: Path, keep_fp32=()) -> dict:
+def _fp16(src: Path, dst: Path, formats=None) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     # Normalisation and softmax statistics stay fp32: squares of outlier activations overflow fp16.
@@ -70,11 +70,16 @@ def _fp16(src: Path, dst: Path, keep_fp32=()) -> dict:
 EMBEDDING_MIN_ROWS = 1024
 
 
-def quantize_embedding_int8(model) -> int:
-    """Replace the token-embedding Gather by an int8 table with one fp32 scale per row.
+EMBEDDING_BLOCK = 32
 
-    Gather(int8 rows) -> Cast -> Mul(Gather(row scales)): standard ONNX ops, so every execution
-    provider runs it. Returns the number of tables quantized.
+
+def quantize_embedding_int8(model, block: int = EMBEDDING_BLOCK) -> int:
+    """Replace the token-embedding Gather by an int8 table with one fp32 scale per block of a row.
+
+    Gather(int8 rows) -> Cast -> Reshape [.., H/block, block] -> Mul(Gather(block scales)) ->
+    Reshape [.., H], the layout of llama.cpp's Q8_0: standard ONNX ops, so every execution provider
+    runs it. Blocks of 32 halve the error of one scale per row (a row's max is set by its largest
+    of H values), for a scale table of 1/8 the int8 table's size. Returns the tables quantized.
     """
     import numpy as np
     import onnx
@@ -90,20 +95,29 @@ def quantize_embedding_int8(model) -> int:
             new_nodes.append(node)
             continue
         w = numpy_helper.to_array(table)
-        scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-12) / 127.0
-        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        V, H = w.shape
+        b = block if H % block == 0 else H
+        blocks = w.reshape(V, H // b, b)
+        scale = np.maximum(np.abs(blocks).max(axis=2), 1e-12) / 127.0  # [V, H/b]
+        q = np.clip(np.rint(blocks / scale[..., None]), -127, 127).astype(np.int8).reshape(V, H)
         name = table.name
         model.graph.initializer.remove(table)
-        model.graph.initializer.extend([numpy_helper.from_array(q, name + "_int8"),
-                                        numpy_helper.from_array(scale.astype(np.float32), name + "_scale")])
-        ids = node.input[1]
         base = (node.name or name) + "_q8"
+        model.graph.initializer.extend([
+            numpy_helper.from_array(q, name + "_int8"), numpy_helper.from_array(scale.astype(np.float32), name + "_scale"),
+            numpy_helper.from_array(np.array([0, 0, -1, b], np.int64), base + "_blocked_shape"),
+            numpy_helper.from_array(np.array([0, 0, -1], np.int64), base + "_row_shape"),
+            numpy_helper.from_array(np.array([-1], np.int64), base + "_last_axis")])
+        ids = node.input[1]
         new_nodes += [
             helper.make_node("Gather", [name + "_int8", ids], [base + "_rows"], name=base + "_gather", axis=0),
             helper.make_node("Cast", [base + "_rows"], [base + "_float"], name=base + "_cast",
                              to=onnx.TensorProto.FLOAT),
+            helper.make_node("Reshape", [base + "_float", base + "_blocked_shape"], [base + "_blocked"], name=base + "_reshape"),
             helper.make_node("Gather", [name + "_scale", ids], [base + "_s"], name=base + "_gather_scale", axis=0),
-            helper.make_node("Mul", [base + "_float", base + "_s"], [node.output[0]], name=base + "_mul"),
+            helper.make_node("Unsqueeze", [base + "_s", base + "_last_axis"], [base + "_s1"], name=base + "_unsqueeze"),
+            helper.make_node("Mul", [base + "_blocked", base + "_s1"], [base + "_scaled"], name=base + "_mul"),
+            helper.make_node("Reshape", [base + "_scaled", base + "_row_shape"], [node.output[0]], name=base + "_unreshape"),
         ]
         count += 1
     del model.graph.node[:]
@@ -148,7 +162,7 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _int8_dynamic(src: Path, dst: Path, keep_fp32=()) -> dict:
+def _int8_dynamic(src: Path, dst: Path, formats=None) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
@@ -160,25 +174,26 @@ def _int8_dynamic(src: Path, dst: Path, keep_fp32=()) -> dict:
     for f in dst.parent.iterdir():
         f.unlink()
     _save(model, dst)
-    return {"embedding": f"int8 per-row ({embeddings} table)", "method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per-channel",
+    return {"embedding": f"int8, one scale per {EMBEDDING_BLOCK} values ({embeddings} table)", "method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per-channel",
             "activations": "uint8 dynamic per-tensor", "ops": ["MatMul"]}
 
 
-def _int8_smooth(src: Path, dst: Path, keep_fp32=()) -> dict:
+def _int8_smooth(src: Path, dst: Path, formats=None) -> dict:
     from .int8 import dynamic_int8
 
-    model, count = dynamic_int8(src, qmax=63, keep_fp32=keep_fp32)
+    model, counts = dynamic_int8(src, formats or {})
     embeddings = quantize_embedding_int8(model)
     _save(model, dst)
-    return {"method": "MatMulInteger, per-token dynamic activations", "matmuls": count,
-            "weights": "int8 per output channel, 7-bit range (no int16 saturation on non-VNNI CPUs)",
+    return {"method": "MatMulInteger, per-token dynamic activations", "matmuls": counts,
+            "weights": "int8 per output channel: 7-bit range (uint8 x int8 kernel, no int16 saturation on "
+                       "non-VNNI CPUs) or full 8-bit as uint8 with zero point 128 (uint8 x uint8 kernel)",
             "activations": "int8 per token (uint8, zero point 128), after SmoothQuant equalization",
-            "kept_fp32": list(keep_fp32),
-            "embedding": f"int8 per-row ({embeddings} table)", "heads": "fp32"}
+            "kept_fp32": sorted(k for k, v in (formats or {}).items() if v == "fp32"),
+            "embedding": f"int8, one scale per {EMBEDDING_BLOCK} values ({embeddings} table)", "heads": "fp32"}
 
 
 def _nbits(bits: int, block: int, accuracy_level: int) -> Callable[[Path, Path], dict]:
-    def apply(src: Path, dst: Path, keep_fp32=()) -> dict:
+    def apply(src: Path, dst: Path, formats=None) -> dict:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         with _quiet():
@@ -187,7 +202,7 @@ def _nbits(bits: int, block: int, accuracy_level: int) -> Callable[[Path, Path],
             q.process()
         embeddings = quantize_embedding_int8(q.model.model)
         _save(q.model.model, dst)
-        return {"embedding": f"int8 per-row ({embeddings} table)", "method": "onnxruntime MatMulNBits", "bits": bits, "block_size": block,
+        return {"embedding": f"int8, one scale per {EMBEDDING_BLOCK} values ({embeddings} table)", "method": "onnxruntime MatMulNBits", "bits": bits, "block_size": block,
                 "accuracy_level": accuracy_level, "ops": ["MatMul"]}
     return apply
 
@@ -197,7 +212,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("fp16", "fp16", "float16 weights and compute, norms and softmax in fp32", _fp16,
            Tolerance(2e-2, 2e-2, 0.99)),
     Recipe("int8-smooth", "int8", "SmoothQuant equalization folded into the weights, then dynamic INT8 "
-           "with per-token activation scales and 7-bit per-channel weights; int8 embedding, fp32 heads",
+           "with per-token activation scales and per-channel 7- or 8-bit weights chosen by sensitivity; "
+           "int8 embedding, fp32 heads",
            _int8_smooth, Tolerance(0.05, 0.05, 0.95), smooth=True),
     Recipe("int8-block32", "int8", "MatMulNBits 8-bit weights, block 32, int8 compute per block; "
            "int8 embedding", _nbits(8, 32, 4), Tolerance(0.05, 0.05, 0.95)),

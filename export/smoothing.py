@@ -97,21 +97,26 @@ def _group_scales(s: torch.Tensor, n_kv: int, group: int, d: int) -> torch.Tenso
     return s.view(n_kv, group, d).amax(1).view(n_kv, 1, d).expand(n_kv, group, d).reshape(-1)
 
 
-def smooth_and_select(body, token_lists, qmax: int, max_error: float,
-                      alphas=ALPHAS) -> tuple[dict, list[str]]:
-    """Fold the best equalization per point into ``body``; name the linears to keep in fp32.
+FAST_QMAX, WIDE_QMAX = 63, 127
+
+
+def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
+                      alphas=ALPHAS) -> tuple[dict, dict[str, str]]:
+    """Fold the best equalization per point into ``body``; choose each linear's weight format.
 
     For each layer and smoothing point, try each alpha on the captured calibration inputs, with
-    the quantization the graph will use (per-tensor uint8 activations, per-channel weights of
-    ``qmax``), and keep the alpha with the smallest error. A linear whose error is still above
-    ``max_error`` is returned by module name, to be left unquantized.
+    the quantization the graph will use (per-token int8 activations, 7-bit per-channel weights),
+    and keep the alpha with the smallest error. Then each linear gets the cheapest format whose
+    simulated error is within bounds: ``"int8-7bit"`` (error <= fast_error; the fast uint8 x int8
+    kernel), ``"int8-8bit"`` (8-bit weights within max_error; uint8 x uint8, slower on CPUs
+    without VNNI) or ``"fp32"``. Returns (summary, {module name: format}).
     """
     cfg = body.config
     n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     group = n_heads // n_kv
     captured = capture_inputs(body, token_lists)
-    chosen, keep_fp32, errors = {}, [], []
+    chosen, formats, worst = {}, {}, 0.0
     with torch.no_grad():
         for i, (layer, xs) in enumerate(zip(body.layers, captured)):
             for point in POINTS:
@@ -123,23 +128,25 @@ def smooth_and_select(body, token_lists, qmax: int, max_error: float,
                     s = _scales(x.abs().amax(0), [m.weight for m in mods], alpha)
                     if point == "self_attn.o_proj":
                         s = _group_scales(s, n_kv, group, d)
-                    errs = quant_error(x / s, [m.weight * s for m in mods], qmax, refs)
+                    errs = quant_error(x / s, [m.weight * s for m in mods], FAST_QMAX, refs)
                     if best is None or max(errs) < max(best[2]):
                         best = (alpha, s, errs)
                 alpha, s, errs = best
                 chosen[f"layers.{i}.{point}"] = alpha
+                wide = quant_error(x / s, [m.weight * s for m in mods], WIDE_QMAX, refs)
                 if alpha is not None:
                     _fold_point(layer, point, s, n_kv, d)
-                for c, e in zip(CONSUMERS[point], errs):
-                    errors.append(e)
-                    if e > max_error:
-                        keep_fp32.append(f"layers.{i}.{c}")
+                for c, e7, e8 in zip(CONSUMERS[point], errs, wide):
+                    name = f"layers.{i}.{c}"
+                    formats[name] = "int8-7bit" if e7 <= fast_error else "int8-8bit" if e8 <= max_error else "fp32"
+                    worst = max(worst, e7 if formats[name] == "int8-7bit" else e8 if formats[name] == "int8-8bit" else 0)
+    counts = {f: sum(1 for v in formats.values() if v == f) for f in ("int8-7bit", "int8-8bit", "fp32")}
     summary = {"method": "smoothquant, alpha searched per layer and input", "alphas": list(alphas),
                "calibration_tokens_per_point": int(captured[0]["mlp.down_proj"].shape[0]) if captured else 0,
                "alpha_chosen": {str(a): sum(1 for v in chosen.values() if v == a) for a in alphas},
-               "max_relative_error": round(max(errors), 5) if errors else None,
-               "kept_fp32": keep_fp32, "max_error": max_error}
-    return summary, keep_fp32
+               "formats": counts, "fast_error": fast_error, "max_error": max_error,
+               "worst_simulated_error": round(worst, 5)}
+    return summary, formats
 
 
 def _fold_point(layer, point: str, s: torch.Tensor, n_kv: int, d: int) -> None:

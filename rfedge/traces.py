@@ -204,7 +204,7 @@ def open_traces(path: str) -> TraceSource:
             raise
     p = Path(path)
     if not p.is_file():
-        raise TraceFormatError(f"no such trace file; pass a .json or .jsonl file, or - for stdin", path)
+        raise TraceFormatError("no such trace file; pass a .json or .jsonl file, or - for stdin", path)
     if p.suffix == ".jsonl":
         def lines():
             with p.open(encoding="utf-8", errors="strict") as f:

@@ -44,34 +44,11 @@ def tokenizer_dir(tmp_path_factory, qwen_tokenizer):
     return d
 
 
-def make_scalar_checkpoint(path: Path, tokenizer_dir: Path, seed: int = 0, layers: int = 2,
-                           head_format: str = "pt", kv_heads: int = 2, head_scale: float = 4.0) -> Path:
+def make_scalar_checkpoint(path: Path, tokenizer_dir: Path, **kw) -> Path:
     """A tiny ReasonFlux-PRM-1.5B-layout checkpoint: Qwen2ForCausalLM dir + reward_head.pt."""
-    import shutil
+    from rfedge_export.outliers import tiny_checkpoint
 
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=151936, hidden_size=HIDDEN, intermediate_size=128,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=kv_heads,
-                      max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
-                      eos_token_id=151643, bos_token_id=151643)
-    model = Qwen2ForCausalLM(cfg)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    head = torch.nn.Linear(HIDDEN, 1)
-    with torch.no_grad():
-        head.weight.normal_(0, head_scale / HIDDEN ** 0.5)
-    if head_format == "pt":
-        torch.save(head.state_dict(), path / "reward_head.pt")
-    else:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(path / "reward_head.safetensors"))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(tokenizer_dir / f, path / f)
-    return path
+    return tiny_checkpoint(path, tokenizer_dir, **{"hidden": HIDDEN, **kw})
 
 
 @pytest.fixture(scope="session")
