@@ -1,8 +1,10 @@
-"""GPU check (device machine, torch only): the parity reference in bf16 on CUDA vs fp32 on CPU, and
-the 1.5B / 7B shapes' reference forward speed and memory. onnxruntime-gpu cannot be carried there,
-so this exercises the torch paths only.
+"""GPU check (device machine, torch only): the parity reference in bf16 on CUDA vs fp32 on CPU, the
+1.5B / 7B shapes' reference forward speed and memory, and the 1.5B shape's batched step pooling
+(rfedge's exported module, SDPA, bf16) against the HF eager reference path. onnxruntime-gpu cannot
+be carried there, so this exercises the torch paths only.
 
     python bench/gpu/reference_bf16.py --demo demo-work --out $OUT
+    python bench/gpu/reference_bf16.py --cpu-smoke          # tiny shapes on CPU: checks the script runs
 
 Prints a table and writes reference_bf16.json. Needs a CUDA device; exits 2 without one.
 """
@@ -40,6 +42,49 @@ def speed(shape: dict, T: int, reps: int = 5) -> dict:
     return out
 
 
+def pooled_vs_eager(shape: dict, T: int, batch: int, device: str, dtype, reps: int = 3) -> dict:
+    """Tokens/s of rfedge's pooled module (step rewards every 64 tokens + trajectory, SDPA/GQA op)
+    against transformers' eager forward + head gather, same weights, same batch."""
+    import torch
+    from transformers import Qwen2Config, Qwen2Model
+
+    from rfedge_export.graph import PooledPRM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(**shape, attn_implementation="eager")
+    with torch.device(device):
+        body = Qwen2Model(cfg).to(dtype).eval()
+        head = torch.nn.Linear(cfg.hidden_size, 1).to(dtype)
+    pooled = PooledPRM(body, head).eval()
+    ids = torch.randint(100, 150000, (batch, T), device=device)
+    mask = torch.ones_like(ids)
+    steps = torch.arange(63, T, 64, device=device).repeat(batch, 1)
+
+    def eager():
+        h = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        rows = torch.arange(batch, device=device).unsqueeze(1)
+        return torch.sigmoid(head(h[rows, steps])), torch.sigmoid(head(h[:, -1]))
+
+    out = {"T": T, "batch": batch}
+    for name, fn in (("hf_eager", eager), ("rfedge_pooled", lambda: pooled(ids, mask, steps))):
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+        dt = (time.perf_counter() - t) / reps
+        out[name] = {"tokens_per_s": batch * T / dt,
+                     "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None}
+    out["speedup"] = out["rfedge_pooled"]["tokens_per_s"] / out["hf_eager"]["tokens_per_s"]
+    return out
+
+
 SHAPES = {
     "1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                  num_attention_heads=12, num_key_value_heads=2, rope_theta=1e6),
@@ -54,13 +99,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--demo", default=None, help="demo work dir (teacher/) for the bf16-vs-fp32 parity check")
     ap.add_argument("--out", default=".")
+    ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU, to check the script itself")
     a = ap.parse_args()
+    if a.cpu_smoke:
+        tiny = dict(SHAPES["1.5b"], hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+        print(json.dumps(pooled_vs_eager(tiny, 128, 2, "cpu", torch.float32, reps=1), indent=2))
+        return
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         sys.exit(2)
     results = {"device": torch.cuda.get_device_name(0), "speed": {}}
     for name, shape in SHAPES.items():
         results["speed"][name] = [speed(shape, T) for T in (512, 2048, 8192)]
+    results["pooled_bf16_vs_hf_eager_1.5b"] = [pooled_vs_eager(SHAPES["1.5b"], T, 4, "cuda", torch.bfloat16)
+                                               for T in (512, 2048, 8192)]
     if a.demo:
         from rfedge.synth import generate
         from rfedge.traces import parse_trace
