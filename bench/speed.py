@@ -6,7 +6,7 @@ measures the machine's GEMM ceiling at the model's shapes, then runs every backe
 process at each sequence length (batch 1) and on a batch of mixed lengths. Prints tables, writes
 JSON and a PNG of tokens/s against length.
 
-    python bench/speed.py            # full (about 45 min on 2 cores): T = 512, 2048, 8192
+    python bench/speed.py            # full (about 50 min on 2 cores with exports cached, +10 min to export): T = 512, 2048, 8192
     python bench/speed.py --quick    # under 10 min: 4 layers, T = 512, 2048
 
 Backends: torch-fp32 (transformers eager fp32, as the ReasonFlux README runs it), torch-bf16,
