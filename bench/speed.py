@@ -162,14 +162,12 @@ def main():
 
 def _cpu_name() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                vnni = "avx512_vnni" in flags or "avx_vnni" in flags
-                return line.split(":", 1)[1].strip() + (" (VNNI)" if vnni else " (no VNNI)")
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor())
+    return name + (" (VNNI)" if "avx512_vnni" in info or "avx_vnni" in info else " (no VNNI)")
 
 
 def report(results: dict, layers: int) -> None:

@@ -14,10 +14,12 @@ no fast kernel on AVX2 CPUs: measured 59 vs 320 GOP/s here). MatMuls that share 
 gate/up) share one quantized copy of it. Peak memory is the int8 model plus one fp32 weight, not two
 copies of the fp32 model as ``quantize_dynamic`` needs.
 
-Weights use 7 bits (|q| <= 63) by default: on x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernel
-adds pairs of products in int16 (vpmaddubsw) and saturates with full-range int8 weights (measured
-here: 22% error on an adversarial input; 0.03% with 7 bits). The exported graph must be right on
-whatever CPU scores it, so the recipe does not depend on the exporting machine.
+Weights use 7 bits (|q| <= 63) with the fast uint8 x int8 kernel: on x86 CPUs without VNNI, ONNX
+Runtime's u8 x s8 kernel adds pairs of products in int16 (vpmaddubsw) and saturates with
+full-range int8 weights (measured here: 22% error on an adversarial input; 0.03% with 7 bits).
+Linears that need full 8-bit weights store them as uint8 with zero point 128 (uint8 x uint8
+kernel, no saturation). The exported graph must be right on whatever CPU scores it, so the recipe
+does not depend on the exporting machine.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 LAYER_SCOPE = "layers."  # only transformer-layer linears; the reward heads stay fp32
+# Weight formats a layer linear can get, with their integer range (anything else stays fp32).
+WEIGHT_QMAX = {"int8-7bit": 63, "int8-8bit": 127}
 
 
 def _scope(node) -> str:
@@ -107,7 +111,7 @@ def dynamic_int8(src: Path, formats: dict[str, str]):
     for node in model.graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
-    new_nodes, replaced, counts = [], set(), {"int8-7bit": 0, "int8-8bit": 0}
+    new_nodes, replaced, counts = [], set(), dict.fromkeys(WEIGHT_QMAX, 0)
     new_inits = [_const("rfq_axes", [-1], np.int64), _const("rfq_inv127", 1 / 127, np.float32),
                  _const("rfq_tiny", 1e-12, np.float32), _const("rfq_128f", 128, np.float32),
                  _const("rfq_zp", 128, np.uint8)]
@@ -115,7 +119,7 @@ def dynamic_int8(src: Path, formats: dict[str, str]):
     for node in model.graph.node:
         init = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         fmt = formats.get(_module(_scope(node)) or "", "fp32") if init is not None else "fp32"
-        if fmt == "fp32" or len(init.dims) != 2 or consumers[init.name] != 1:
+        if fmt not in WEIGHT_QMAX or len(init.dims) != 2 or consumers[init.name] != 1:
             new_nodes.append(node)
             continue
         x = node.input[0]
@@ -124,7 +128,7 @@ def dynamic_int8(src: Path, formats: dict[str, str]):
             new_nodes += nodes
             quantized_inputs[x] = (xq, scale)
         xq, xscale = quantized_inputs[x]
-        q, wscale = quantize_columns(read_initializer(init, base), 63 if fmt == "int8-7bit" else 127)
+        q, wscale = quantize_columns(read_initializer(init, base), WEIGHT_QMAX[fmt])
         wzp = []
         if fmt == "int8-8bit":
             q, wzp = (q.astype(np.int16) + 128).astype(np.uint8), ["rfq_zp"]

@@ -38,19 +38,6 @@ def _memory() -> str:
         return ""
 
 
-def _release_memory() -> None:
-    """Collect, then hand freed heap pages back to the OS (glibc keeps freed tensors of a few MB on
-    its heap: measured 6.7 GB still resident after the torch model was dropped, at the 1.5B shape)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def _log(msg: str) -> None:
     if msg.startswith("["):
         msg += _memory()
@@ -114,7 +101,9 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
         with torch.no_grad():
             fp32 = export_onnx(module, fp32_dir / "model.onnx", param_bytes)
         del module, prm  # the torch weights are not needed past this point: free them before quantizing
-        _release_memory()
+        import gc
+
+        gc.collect()
         final = work / "model"
         final.mkdir()
         log(f"[4/6] applying {rec.name}: {rec.description}")

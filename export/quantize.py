@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,6 @@ class Recipe:
     description: str
     apply: Callable[..., dict]  # (src, dst, formats=None) -> what it did
     tolerance: Tolerance
-    options: dict = field(default_factory=dict)
     smooth: bool = False  # search and fold SmoothQuant scales into the weights before export
     fast_error: float = 0.03  # simulated error bound for 7-bit weights (the fast kernel)
     max_error: float = 0.05  # ... for 8-bit weights; a linear above both stays fp32
@@ -68,8 +67,6 @@ def _fp16(src: Path, dst: Path, formats=None) -> dict:
 
 
 EMBEDDING_MIN_ROWS = 1024
-
-
 EMBEDDING_BLOCK = 32
 
 
@@ -125,6 +122,11 @@ def quantize_embedding_int8(model, block: int = EMBEDDING_BLOCK) -> int:
     return count
 
 
+def _quantize_embedding(model) -> str:
+    """Quantize the embedding table(s) in place; the manifest's description of what was done."""
+    return f"int8, one scale per {EMBEDDING_BLOCK} values ({quantize_embedding_int8(model)} table)"
+
+
 SPARSE_MIN_ELEMENTS = 1 << 20
 SPARSE_MIN_ZERO_FRACTION = 0.9
 
@@ -170,11 +172,11 @@ def _int8_dynamic(src: Path, dst: Path, formats=None) -> dict:
                          op_types_to_quantize=["MatMul"],
                          use_external_data_format=src.stat().st_size > EXTERNAL_DATA_BYTES)
     model = _load(dst)
-    embeddings = quantize_embedding_int8(model)
+    embedding = _quantize_embedding(model)
     for f in dst.parent.iterdir():
         f.unlink()
     _save(model, dst)
-    return {"embedding": f"int8, one scale per {EMBEDDING_BLOCK} values ({embeddings} table)", "method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per-channel",
+    return {"embedding": embedding, "method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per-channel",
             "activations": "uint8 dynamic per-tensor", "ops": ["MatMul"]}
 
 
@@ -182,14 +184,14 @@ def _int8_smooth(src: Path, dst: Path, formats=None) -> dict:
     from .int8 import dynamic_int8
 
     model, counts = dynamic_int8(src, formats or {})
-    embeddings = quantize_embedding_int8(model)
+    embedding = _quantize_embedding(model)
     _save(model, dst)
     return {"method": "MatMulInteger, per-token dynamic activations", "matmuls": counts,
             "weights": "int8 per output channel: 7-bit range (uint8 x int8 kernel, no int16 saturation on "
                        "non-VNNI CPUs) or full 8-bit as uint8 with zero point 128 (uint8 x uint8 kernel)",
             "activations": "int8 per token (uint8, zero point 128), after SmoothQuant equalization",
             "kept_fp32": sorted(k for k, v in (formats or {}).items() if v == "fp32"),
-            "embedding": f"int8, one scale per {EMBEDDING_BLOCK} values ({embeddings} table)", "heads": "fp32"}
+            "embedding": embedding, "heads": "fp32"}
 
 
 def _nbits(bits: int, block: int, accuracy_level: int) -> Callable[[Path, Path], dict]:
@@ -200,9 +202,9 @@ def _nbits(bits: int, block: int, accuracy_level: int) -> Callable[[Path, Path],
             q = MatMulNBitsQuantizer(_load(src), bits=bits, block_size=block, is_symmetric=True,
                                      accuracy_level=accuracy_level)
             q.process()
-        embeddings = quantize_embedding_int8(q.model.model)
+        embedding = _quantize_embedding(q.model.model)
         _save(q.model.model, dst)
-        return {"embedding": f"int8, one scale per {EMBEDDING_BLOCK} values ({embeddings} table)", "method": "onnxruntime MatMulNBits", "bits": bits, "block_size": block,
+        return {"embedding": embedding, "method": "onnxruntime MatMulNBits", "bits": bits, "block_size": block,
                 "accuracy_level": accuracy_level, "ops": ["MatMul"]}
     return apply
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from .int8 import WEIGHT_QMAX
+
 ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # None: no equalization at that point
 MAX_TOKENS = 1024  # calibration tokens kept per point for the search (a strided subset)
 POINTS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
@@ -97,9 +99,6 @@ def _group_scales(s: torch.Tensor, n_kv: int, group: int, d: int) -> torch.Tenso
     return s.view(n_kv, group, d).amax(1).view(n_kv, 1, d).expand(n_kv, group, d).reshape(-1)
 
 
-FAST_QMAX, WIDE_QMAX = 63, 127
-
-
 def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
                       alphas=ALPHAS) -> tuple[dict, dict[str, str]]:
     """Fold the best equalization per point into ``body``; choose each linear's weight format.
@@ -122,25 +121,26 @@ def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
             for point in POINTS:
                 mods = [layer.get_submodule(c) for c in CONSUMERS[point]]
                 x = xs[point]
-                refs = [x @ m.weight.T for m in mods]  # equalization leaves the fp32 product unchanged
+                act, weights = x.abs().amax(0), [m.weight for m in mods]
+                refs = [x @ w.T for w in weights]  # equalization leaves the fp32 product unchanged
                 best = None
                 for alpha in alphas:
-                    s = _scales(x.abs().amax(0), [m.weight for m in mods], alpha)
+                    s = _scales(act, weights, alpha)
                     if point == "self_attn.o_proj":
                         s = _group_scales(s, n_kv, group, d)
-                    errs = quant_error(x / s, [m.weight * s for m in mods], FAST_QMAX, refs)
+                    errs = quant_error(x / s, [w * s for w in weights], WEIGHT_QMAX["int8-7bit"], refs)
                     if best is None or max(errs) < max(best[2]):
                         best = (alpha, s, errs)
                 alpha, s, errs = best
                 chosen[f"layers.{i}.{point}"] = alpha
-                wide = quant_error(x / s, [m.weight * s for m in mods], WIDE_QMAX, refs)
+                wide = quant_error(x / s, [w * s for w in weights], WEIGHT_QMAX["int8-8bit"], refs)
                 if alpha is not None:
                     _fold_point(layer, point, s, n_kv, d)
                 for c, e7, e8 in zip(CONSUMERS[point], errs, wide):
-                    name = f"layers.{i}.{c}"
-                    formats[name] = "int8-7bit" if e7 <= fast_error else "int8-8bit" if e8 <= max_error else "fp32"
-                    worst = max(worst, e7 if formats[name] == "int8-7bit" else e8 if formats[name] == "int8-8bit" else 0)
-    counts = {f: sum(1 for v in formats.values() if v == f) for f in ("int8-7bit", "int8-8bit", "fp32")}
+                    fmt = "int8-7bit" if e7 <= fast_error else "int8-8bit" if e8 <= max_error else "fp32"
+                    formats[f"layers.{i}.{c}"] = fmt
+                    worst = max(worst, {"int8-7bit": e7, "int8-8bit": e8}.get(fmt, 0.0))
+    counts = {f: sum(1 for v in formats.values() if v == f) for f in (*WEIGHT_QMAX, "fp32")}
     summary = {"method": "smoothquant, alpha searched per layer and input", "alphas": list(alphas),
                "calibration_tokens_per_point": int(captured[0]["mlp.down_proj"].shape[0]) if captured else 0,
                "alpha_chosen": {str(a): sum(1 for v in chosen.values() if v == a) for a in alphas},
