@@ -30,13 +30,13 @@ DEMO_NOTICE = ("the bundled demo model only knows the synthetic arithmetic task 
 @dataclass(frozen=True)
 class DemoConfig:
     hidden: int = 64
-    layers: int = 4
+    layers: int = 6
     heads: int = 4
     kv_heads: int = 2
     intermediate: int = 256
     train_traces: int = 20000
-    pretrain_steps: int = 1800
-    steps: int = 1000
+    pretrain_steps: int = 2400
+    steps: int = 400
     batch: int = 32
     lr: float = 2e-3
     finetune_lr: float = 1e-4
@@ -68,59 +68,71 @@ def _qwen2_config(c: DemoConfig, max_len: int = 1024):
                        bos_token_id=151643, attn_implementation="sdpa")
 
 
-def _equation_targets(record: dict) -> list[list[int]]:
-    """Per thinking step: units of prev, units of k, sign, units and tens of the true result,
-    whether the written result is right, and whether every result so far is right.
+# Per-token targets of the base model: (name, token it is read at). The tokens of an equation
+# "{prev} {sign} {k} = {new}": "op" (" +" / " -"), "eq" (" ="), "after" (the token after the
+# equation: "\n\n" in the trace text, <extra_0> in the chat format); "every": all tokens. Each target
+# is a 10-way class (digits; yes/no ones use classes 0/1). Supervising each hop of the check
+# (gather the operands' last digits, add them, compare with the written result, AND over the
+# equations so far) is what lets a model this small learn it in minutes of CPU.
+BASE_TARGETS = (
+    ("prev units", "op"), ("prev tens", "op"),
+    ("k units", "eq"), ("k tens", "eq"), ("prev units", "eq"), ("prev tens", "eq"), ("minus", "eq"),
+    ("true units", "eq"), ("true tens", "eq"),
+    ("written units", "after"), ("written tens", "after"), ("true units", "after"), ("true tens", "after"),
+    ("written right", "after"),
+    ("all right so far", "every"),
+)
+VERDICT_WEIGHT = 2.0  # the last hop (AND over the equations) is the slowest to learn
 
-    The base model learns to read these off each equation (a stand-in for the arithmetic a real
-    pretrained base model brings); the PRMs are then fine-tuned on their own labels only.
-    """
-    out, ok_so_far = [], 1
-    for step in record["trajectory"]:
-        left, new = step.split(" = ")
-        prev, sign, k = left.split(" ")
-        a, b = int(prev), int(k)
-        true = a + b if sign == "+" else a - b
-        ok_so_far &= int(int(new) == true)
-        out.append([a % 10, b % 10, int(sign == "-"), true % 10, (true // 10) % 10, int(int(new) == true),
-                    ok_so_far])
+
+def _equation(step: str) -> tuple[int, int, str, int, int]:
+    """(prev, k, sign, written result, true result) of a thinking step."""
+    left, new = step.split(" = ")
+    prev, sign, k = left.split(" ")
+    a, b = int(prev), int(k)
+    return a, b, sign, int(new), a + b if sign == "+" else a - b
+
+
+def _base_targets(text: str, offsets, trajectory: list[str], search_from: int):
+    """[tokens, len(BASE_TARGETS)] int64 targets, -100 where a target is not read."""
+    import numpy as np
+
+    starts = np.array([o[0] for o in offsets], dtype=np.int64)
+    token = lambda char: int(np.searchsorted(starts, char, side="right") - 1)
+    units, tens = (lambda x: x % 10), (lambda x: (x // 10) % 10)
+    out = np.full((len(starts), len(BASE_TARGETS)), -100, dtype=np.int64)
+    after_tokens, pos = [], search_from
+    for step in trajectory:
+        start = text.index(step, pos)
+        pos = start + len(step)
+        a, b, sign, w, true = _equation(step)
+        op, eq, after = token(start + len(str(a)) + 1), token(start + step.index(" = ") + 1), token(pos)
+        out[op, 0:2] = units(a), tens(a)
+        out[eq, 2:9] = units(b), tens(b), units(a), tens(a), int(sign == "-"), units(true), tens(true)
+        out[after, 9:14] = units(w), tens(w), units(true), tens(true), int(w == true)
+        after_tokens.append((after, int(w == true)))
+    ok, k = 1, 0
+    for t in range(len(starts)):
+        while k < len(after_tokens) and after_tokens[k][0] <= t:
+            ok &= after_tokens[k][1]
+            k += 1
+        out[t, -1] = ok
     return out
 
 
 def _base_example(tk, record: dict):
-    """Token ids and, per thinking step, (boundary token, equation targets); LM loss on correct traces."""
-    import numpy as np
-
-    from rfedge.steps import boundary_tokens, split_steps
-
+    """Token ids of the trace text (the student's input) and the base targets."""
     trace = parse_trace(record)
     enc = tk.encode(trace.text, add_special_tokens=False)
-    steps = [s for s in split_steps(trace.problem, trace.completion) if s.section == "thinking"]
-    starts = np.array([o[0] for o in enc.offsets], dtype=np.int64)
-    where = boundary_tokens(steps, starts).tolist()
-    targets = _equation_targets(record)
-    return enc.ids, (list(zip(where, targets)), bool(record["correct"]), _running_verdict(len(enc.ids), where, targets))
+    return enc.ids, _base_targets(trace.text, enc.offsets, record["trajectory"], len(trace.problem))
 
 
 def _base_example_chat(tk, record: dict):
-    """The same equation targets in the teacher's chat format: at the token before each <extra_0>."""
+    """The same targets in the teacher's chat format (the token after an equation is <extra_0>)."""
     trace = parse_trace(record)
-    steps = [t for _, _, t in step_texts(trace)]
-    ids = tk.encode(render_prm_chat(trace.problem, steps), add_special_tokens=False).ids
-    where = [i - 1 for i, t in enumerate(ids) if t == SEPARATOR_ID][:len(record["trajectory"])]
-    targets = _equation_targets(record)
-    return ids, (list(zip(where, targets)), False, _running_verdict(len(ids), where, targets))
-
-
-def _running_verdict(n: int, where: list[int], targets: list[list[int]]) -> list[int]:
-    """At every token: 1 while every equation completed so far is right (its last token counts)."""
-    verdict, k, ok = [], 0, 1
-    for t in range(n):
-        while k < len(where) and where[k] <= t:
-            ok = targets[k][6]
-            k += 1
-        verdict.append(ok)
-    return verdict
+    text = render_prm_chat(trace.problem, [t for _, _, t in step_texts(trace)])
+    enc = tk.encode(text, add_special_tokens=False)
+    return enc.ids, _base_targets(text, enc.offsets, record["trajectory"], text.index("<|im_start|>assistant"))
 
 
 def _student_example(tk, record: dict):
@@ -168,7 +180,7 @@ def _train(model_fn, batches, c: DemoConfig, name: str, log=_log, head_lr: float
         opt.step()
         sched.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{ema:.4f}")
+        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
     return ema
 
 
@@ -222,8 +234,9 @@ class _CompactEmbedding:
 
 
 def _base_module(c: DemoConfig, used_ids):
-    """The demo's 'base model': a tiny Qwen2 causal LM pretrained by next-token prediction on
-    correct traces, as real PRMs start from a pretrained Qwen2.5 (tied, compact output vocabulary)."""
+    """The demo's 'base model': a tiny Qwen2 trained on the per-token :data:`BASE_TARGETS`, a stand-in
+    for the arithmetic a real pretrained Qwen2.5 brings (real PRMs are fine-tuned from one)."""
+    import torch
     import torch.nn as nn
     from transformers import Qwen2ForCausalLM
 
@@ -233,31 +246,21 @@ def _base_module(c: DemoConfig, used_ids):
             self.lm = Qwen2ForCausalLM(_qwen2_config(c))
             self.emb = _CompactEmbedding(self.lm.model.embed_tokens, used_ids)
             self.rows = self.emb.rows
-
-            self.aux = nn.Linear(c.hidden, 10 * 4 + 2 * 3)
-            self.verdict = nn.Linear(c.hidden, 1)
+            self.aux = nn.Linear(c.hidden, 10 * len(BASE_TARGETS))
 
         def loss(self, ids, mask, ys):
-            import torch
-
             h = self.lm.model(inputs_embeds=self.emb(ids), attention_mask=mask).last_hidden_state
-            logits = h[:, :-1] @ self.rows.weight.T
-            lm_rows = torch.tensor([correct for _, correct, _ in ys]).unsqueeze(-1)
-            target = self.emb.remap[ids[:, 1:]].masked_fill((mask[:, 1:] == 0) | ~lm_rows, -100)
-            lm = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-            rows = [(b, t, y) for b, (steps, _, _) in enumerate(ys) for t, y in steps]
-            z = self.aux(h[[b for b, _, _ in rows], [t for _, t, _ in rows]])
-            y = torch.tensor([y for _, _, y in rows])
-            ce = nn.functional.cross_entropy
-            aux = (ce(z[:, 0:10], y[:, 0]) + ce(z[:, 10:20], y[:, 1]) + ce(z[:, 40:42], y[:, 2])
-                   + ce(z[:, 20:30], y[:, 3]) + ce(z[:, 30:40], y[:, 4]) + ce(z[:, 42:44], y[:, 5])
-                   + ce(z[:, 44:46], y[:, 6]))
-            verdict = torch.full(mask.shape, -100.0)
-            for b, (_, _, v) in enumerate(ys):
-                verdict[b, :len(v)] = torch.tensor(v, dtype=torch.float)
-            keep = verdict >= 0
-            run = nn.functional.binary_cross_entropy_with_logits(self.verdict(h).squeeze(-1)[keep], verdict[keep])
-            return lm + aux + run
+            z = self.aux(h).reshape(*ids.shape, len(BASE_TARGETS), 10)
+            target = torch.full((*ids.shape, len(BASE_TARGETS)), -100, dtype=torch.long)
+            for i, y in enumerate(ys):
+                target[i, :len(y)] = torch.from_numpy(y)
+            per_target = nn.functional.cross_entropy(z.reshape(-1, 10), target.reshape(-1), ignore_index=-100,
+                                                     reduction="none").reshape(target.shape)
+            valid = (target >= 0).float()
+            means = (per_target * valid).sum((0, 1)) / valid.sum((0, 1)).clamp(min=1)
+            weights = torch.ones(len(BASE_TARGETS))
+            weights[-1] = VERDICT_WEIGHT
+            return (means * weights).sum()
 
     return Base()
 
@@ -363,14 +366,14 @@ def train_demo(out: Path, c: DemoConfig = DemoConfig(), which=("teacher", "stude
     torch.manual_seed(c.seed)
     base = _base_module(c, used)
     base.train()
-    lm_examples = [_base_example(tks["student"], r) for r in data] + [
+    base_examples = [_base_example(tks["student"], r) for r in data] + [
         _base_example_chat(tks["teacher"], r) for r in data]
-    loss = _train(base, _batches(lm_examples, dataclasses.replace(c, steps=c.pretrain_steps), 151643, c.seed),
-                  dataclasses.replace(c, steps=c.pretrain_steps), "base LM", log)
+    loss = _train(base, _batches(base_examples, dataclasses.replace(c, steps=c.pretrain_steps), 151643, c.seed),
+                  dataclasses.replace(c, steps=c.pretrain_steps), "base", log)
     base.emb.write_back()
     body_state = base.lm.model.state_dict()
     report["base"] = {"final_loss": loss, "seconds": round(time.time() - t0, 1)}
-    log(f"base LM: loss {loss:.4f} in {report['base']['seconds']} s")
+    log(f"base: loss {loss:.4f} in {report['base']['seconds']} s")
     for name in which:
         t0 = time.time()
         torch.manual_seed(c.seed)
@@ -393,6 +396,15 @@ def train_demo(out: Path, c: DemoConfig = DemoConfig(), which=("teacher", "stude
 
 # Held-out evaluation: a fresh seed never used for training.
 HELDOUT_SEED = 424242
+# The export calibrates (SmoothQuant scales, weight formats) and validates on the task's own traces,
+# from a seed used neither for training nor for the held-out evaluation.
+CALIBRATION_SEED, CALIBRATION_TRACES = 31337, 64
+
+
+def write_calibration(path: Path) -> Path:
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in generate("arith", CALIBRATION_TRACES, CALIBRATION_SEED)))
+    return path
 BOUNDS = {"teacher_step_auroc": (">=", 0.95), "student_int8_trajectory_auroc": (">=", 0.95),
           "int8_vs_fp32_max_abs_trajectory": ("<=", 0.03), "int8_vs_fp32_spearman": (">=", 0.99)}
 

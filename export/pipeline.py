@@ -89,8 +89,17 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
 
         log("      searching SmoothQuant scales and weight formats per layer on the calibration activations")
         token_lists = [tokenizer.encode(t).ids[:max_length] for t in traces]
-        smoothing, formats = smooth_and_select(prm.body, token_lists, rec.fast_error, rec.max_error)
+        smoothing, formats, errors = smooth_and_select(prm.body, token_lists, rec.fast_error, rec.max_error)
         log(f"      folded into the weights; linears by format {smoothing['formats']}")
+        from .fitting import fit_formats
+        from .quantize import EMBEDDING_BLOCK
+
+        encoded = [(e.ids[:max_length], e.step_tokens[e.step_tokens < max_length])
+                   for e in map(tokenizer.encode, traces)]
+        formats, smoothing["fit"] = fit_formats(prm, references, encoded, formats, errors, tol,
+                                                    EMBEDDING_BLOCK, log)
+        smoothing["formats"] = {f: sum(1 for v in formats.values() if v == f) for f in smoothing["formats"]}
+        log(f"      linears by format after the fit {smoothing['formats']}")
     module = PooledPRM(prm.body, prm.head, prm.step_head).eval()
     param_bytes = sum(p.numel() * 4 for p in module.parameters())
     has_step_head = prm.step_head is not None

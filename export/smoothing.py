@@ -100,7 +100,7 @@ def _group_scales(s: torch.Tensor, n_kv: int, group: int, d: int) -> torch.Tenso
 
 
 def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
-                      alphas=ALPHAS) -> tuple[dict, dict[str, str]]:
+                      alphas=ALPHAS) -> tuple[dict, dict[str, str], dict[str, dict[str, float]]]:
     """Fold the best equalization per point into ``body``; choose each linear's weight format.
 
     For each layer and smoothing point, try each alpha on the captured calibration inputs, with
@@ -108,14 +108,15 @@ def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
     and keep the alpha with the smallest error. Then each linear gets the cheapest format whose
     simulated error is within bounds: ``"int8-7bit"`` (error <= fast_error; the fast uint8 x int8
     kernel), ``"int8-8bit"`` (8-bit weights within max_error; uint8 x uint8, slower on CPUs
-    without VNNI) or ``"fp32"``. Returns (summary, {module name: format}).
+    without VNNI) or ``"fp32"``. Returns (summary, {module name: format}, {module name: {format:
+    simulated error}}).
     """
     cfg = body.config
     n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     group = n_heads // n_kv
     captured = capture_inputs(body, token_lists)
-    chosen, formats, worst = {}, {}, 0.0
+    chosen, formats, errors, worst = {}, {}, {}, 0.0
     with torch.no_grad():
         for i, (layer, xs) in enumerate(zip(body.layers, captured)):
             for point in POINTS:
@@ -139,6 +140,7 @@ def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
                 for c, e7, e8 in zip(CONSUMERS[point], errs, wide):
                     fmt = "int8-7bit" if e7 <= fast_error else "int8-8bit" if e8 <= max_error else "fp32"
                     formats[f"layers.{i}.{c}"] = fmt
+                    errors[f"layers.{i}.{c}"] = {"int8-7bit": e7, "int8-8bit": e8}
                     worst = max(worst, {"int8-7bit": e7, "int8-8bit": e8}.get(fmt, 0.0))
     counts = {f: sum(1 for v in formats.values() if v == f) for f in (*WEIGHT_QMAX, "fp32")}
     summary = {"method": "smoothquant, alpha searched per layer and input", "alphas": list(alphas),
@@ -146,7 +148,7 @@ def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
                "alpha_chosen": {str(a): sum(1 for v in chosen.values() if v == a) for a in alphas},
                "formats": counts, "fast_error": fast_error, "max_error": max_error,
                "worst_simulated_error": round(worst, 5)}
-    return summary, formats
+    return summary, formats, errors
 
 
 def _fold_point(layer, point: str, s: torch.Tensor, n_kv: int, d: int) -> None:

@@ -334,9 +334,11 @@ def demo_build(out, steps, bundle):
     if steps:
         config = dataclasses.replace(config, steps=steps)
     demo_mod.train_demo(out, config)
+    calibration = demo_mod.write_calibration(out / "calibration.jsonl")
     for precision in ("fp32", "int8"):
         pipeline.export_model(str(out / "student"), out / f"student-{precision}", precision=precision,
-                              max_length=1024, notice=demo_mod.DEMO_NOTICE, source_id="rfedge-demo-arith-student")
+                              max_length=1024, calibration=str(calibration), notice=demo_mod.DEMO_NOTICE,
+                              source_id="rfedge-demo-arith-student")
     metrics = _demo_evaluate(demo_mod, out)
     if bundle:
         if BUNDLED_DIR.exists():

@@ -61,6 +61,31 @@ def test_generate_cli_pipes_into_score(fp32_export):
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3
 
 
+def test_base_targets_sit_on_the_right_tokens(tokenizer_dir):
+    """The base model's per-token targets: operand digits at ' +', the sum at ' =', the check after the
+    equation, the running verdict everywhere (in the student's text and the teacher's chat format)."""
+    from tokenizers import Tokenizer
+
+    from rfedge_export.demo import _base_example, _base_example_chat, build_tokenizer
+    from rfedge_export.qwen_vocab import QWEN25_MATH_PRM_SPECIALS
+
+    record = {"problem": "Start with 95. Then add 60 and add 84. What is the final number?",
+              "trajectory": ["95 + 60 = 155", "155 + 84 = 238"], "response": "The final number is 238."}
+    for tk in (Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")), build_tokenizer(QWEN25_MATH_PRM_SPECIALS)):
+        ids, t = (_base_example if tk.token_to_id("<extra_0>") is None else _base_example_chat)(tk, record)
+        tokens = [tk.id_to_token(i) for i in ids]
+        ops = [i for i, tok in enumerate(tokens) if tok == "Ġ+"]
+        eqs = [i for i, tok in enumerate(tokens) if tok == "Ġ="]
+        afters = [next(i for i in range(e, len(tokens)) if tokens[i] in ("ĊĊ", "Ċ", "<extra_0>")) for e in eqs]
+        assert [list(t[i, 0:2]) for i in ops] == [[5, 9], [5, 5]]
+        assert [list(t[i, 2:9]) for i in eqs] == [[0, 6, 5, 9, 0, 5, 5], [4, 8, 5, 5, 0, 9, 3]]
+        assert [list(t[i, 9:14]) for i in afters] == [[5, 5, 5, 5, 1], [8, 3, 9, 3, 0]]
+        assert (t[:, :-1] >= 0).sum() == 2 * (2 + 7 + 5)  # nothing else is read
+        rows = afters
+        verdict = t[:, -1]
+        assert verdict[:rows[1]].min() == 1 and verdict[rows[1]:].max() == 0
+
+
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory, tokenizer_dir):
     """Untrained demo modules saved in the real layouts (training itself is the build command's job)."""
@@ -122,8 +147,6 @@ def test_bundled_model_manifest_and_size():
 
 
 @needs_bundle
-@pytest.mark.xfail(strict=True, reason="the bundled demo model does not meet the quality bounds of the demo "
-                   "issue yet (student trajectory AUROC 0.49 on held-out traces); see README")
 def test_bundled_model_accuracy_on_heldout_traces():
     from rfedge import Scorer
     from rfedge_export.demo import auroc
@@ -131,4 +154,4 @@ def test_bundled_model_accuracy_on_heldout_traces():
     records = list(generate("arith", 120, seed=98765))
     results = Scorer.load(BUNDLED_DIR, device="cpu").score_many(records)
     rewards = np.array([r.trajectory_reward for r in results])
-    assert auroc(rewards, [r["correct"] for r in records]) >= 0.9
+    assert auroc(rewards, [r["correct"] for r in records]) >= 0.95

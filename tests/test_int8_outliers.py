@@ -53,6 +53,38 @@ def test_shipped_recipe_keeps_the_bound_with_outliers(outlier_ckpt, tmp_path, al
     assert sum(q["matmuls"].values()) + len(q["kept_fp32"]) == 4 * 7  # every layer linear is int8 or listed fp32
 
 
+def test_fit_simulates_what_the_graph_does(outlier_ckpt, tmp_path):
+    """The end-to-end fit's last simulated deltas are the written graph's validation deltas."""
+    manifest = _export(outlier_ckpt(30), tmp_path / "m")
+    last, v = manifest["quantization"]["smoothing"]["fit"]["rounds"][-1], manifest["validation"]
+    assert abs(last["max_abs_step"] - v["max_abs_step"]) <= 2e-3
+    assert abs(last["max_abs_trajectory"] - v["max_abs_trajectory"]) <= 2e-3
+
+
+@pytest.mark.parametrize("tolerance,quantized_after", [(1.0, 28), (0.0, 0)])
+def test_fit_promotes_linears_until_the_simulation_is_within_tolerance(outlier_ckpt, tolerance, quantized_after):
+    from rfedge.tokenization import TraceTokenizer
+    from rfedge_export.calibration import builtin_traces
+    from rfedge_export.fitting import fit_formats
+    from rfedge_export.quantize import Tolerance
+    from rfedge_export.smoothing import smooth_and_select
+    from rfedge_export.source import load_scalar_prm, resolve_source
+    from rfedge_export.validate import reference_rewards
+
+    ckpt = outlier_ckpt(30)
+    prm, tokenizer = load_scalar_prm(resolve_source(str(ckpt))), TraceTokenizer(ckpt / "tokenizer.json")
+    traces = builtin_traces()[:4]
+    references = reference_rewards(prm, tokenizer, traces, 1024)
+    encoded = [(e.ids, e.step_tokens) for e in map(tokenizer.encode, traces)]
+    _, formats, errors = smooth_and_select(prm.body, [ids for ids, _ in encoded], 1.0, 1.0)
+    fitted, summary = fit_formats(prm, references, encoded, formats, errors, Tolerance(tolerance, tolerance, 0.0))
+    rounds = summary["rounds"]
+    assert rounds[0]["quantized"] == 28 and rounds[-1]["quantized"] == quantized_after
+    assert sum(f != "fp32" for f in fitted.values()) == quantized_after
+    if tolerance == 0.0:  # all fp32: the simulation is the source model again (no int8 embedding here)
+        assert rounds[-1]["max_abs_step"] <= 1e-4
+
+
 def test_equalization_is_exact_in_fp32(outlier_ckpt, qwen_tokenizer):
     import numpy as np
 
@@ -64,7 +96,7 @@ def test_equalization_is_exact_in_fp32(outlier_ckpt, qwen_tokenizer):
     ids = np.array(qwen_tokenizer.encode("Start with 3. Then add 4.\n\n3 + 4 = 7\n\nThe final number is 7.").ids)
     steps = np.array([5, 12, len(ids) - 1])
     before = scalar_rewards(prm, ids, steps)
-    summary, _ = smooth_and_select(prm.body, [ids], fast_error=1.0, max_error=1.0)
+    summary, _, _ = smooth_and_select(prm.body, [ids], fast_error=1.0, max_error=1.0)
     after = scalar_rewards(prm, ids, steps)
     assert sum(v for k, v in summary["alpha_chosen"].items() if k != "None") > 0  # something was folded
     assert np.abs(before[0] - after[0]).max() <= 1e-4 and abs(before[1] - after[1]) <= 1e-4
