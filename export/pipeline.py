@@ -56,6 +56,23 @@ def _prepare_out(out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _smooth_and_fit(prm, tokenizer, traces, references, max_length: int, rec, tol, log) -> tuple[dict, dict]:
+    """Fold SmoothQuant scales into ``prm``, choose each linear's format, fit them to ``tol`` end to end."""
+    from .fitting import fit_formats
+    from .quantize import EMBEDDING_BLOCK
+    from .smoothing import smooth_and_select
+
+    encoded = [(e.ids[:max_length], e.step_tokens[e.step_tokens < max_length]) for e in map(tokenizer.encode, traces)]
+    log("      searching SmoothQuant scales and weight formats per layer on the calibration activations")
+    smoothing, formats, errors = smooth_and_select(prm.body, [ids for ids, _ in encoded], rec.fast_error,
+                                                   rec.max_error)
+    log(f"      folded into the weights; linears by format {smoothing['formats']}")
+    formats, smoothing["fit"] = fit_formats(prm, references, encoded, formats, errors, tol, EMBEDDING_BLOCK, log)
+    smoothing["formats"] = {f: sum(1 for v in formats.values() if v == f) for f in smoothing["formats"]}
+    log(f"      linears by format after the fit {smoothing['formats']}")
+    return smoothing, formats
+
+
 def export_model(source: str, out: Path, precision: str = "int8", recipe: str | None = None,
                  max_length: int | None = None, calibration: str | None = None,
                  tolerance: dict | None = None, revision: str | None = None,
@@ -85,21 +102,7 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
     references = reference_rewards(prm, tokenizer, traces, max_length, progress)
     smoothing, formats = None, None
     if rec.smooth:
-        from .smoothing import smooth_and_select
-
-        log("      searching SmoothQuant scales and weight formats per layer on the calibration activations")
-        token_lists = [tokenizer.encode(t).ids[:max_length] for t in traces]
-        smoothing, formats, errors = smooth_and_select(prm.body, token_lists, rec.fast_error, rec.max_error)
-        log(f"      folded into the weights; linears by format {smoothing['formats']}")
-        from .fitting import fit_formats
-        from .quantize import EMBEDDING_BLOCK
-
-        encoded = [(e.ids[:max_length], e.step_tokens[e.step_tokens < max_length])
-                   for e in map(tokenizer.encode, traces)]
-        formats, smoothing["fit"] = fit_formats(prm, references, encoded, formats, errors, tol,
-                                                    EMBEDDING_BLOCK, log)
-        smoothing["formats"] = {f: sum(1 for v in formats.values() if v == f) for f in smoothing["formats"]}
-        log(f"      linears by format after the fit {smoothing['formats']}")
+        smoothing, formats = _smooth_and_fit(prm, tokenizer, traces, references, max_length, rec, tol, log)
     module = PooledPRM(prm.body, prm.head, prm.step_head).eval()
     param_bytes = sum(p.numel() * 4 for p in module.parameters())
     has_step_head = prm.step_head is not None
