@@ -66,8 +66,8 @@ def test_base_targets_sit_on_the_right_tokens(tokenizer_dir):
     equation, the running verdict everywhere (in the student's text and the teacher's chat format)."""
     from tokenizers import Tokenizer
 
-    from rfedge_export.demo import _base_example, _base_example_chat, build_tokenizer
-    from rfedge_export.qwen_vocab import QWEN25_MATH_PRM_SPECIALS
+    from rfedge_export.demo import _base_example, _base_example_chat
+    from rfedge_export.qwen_vocab import QWEN25_MATH_PRM_SPECIALS, build_tokenizer
 
     record = {"problem": "Start with 95. Then add 60 and add 84. What is the final number?",
               "trajectory": ["95 + 60 = 155", "155 + 84 = 238"], "response": "The final number is 238."}
@@ -81,9 +81,8 @@ def test_base_targets_sit_on_the_right_tokens(tokenizer_dir):
         assert [list(t[i, 2:9]) for i in eqs] == [[0, 6, 5, 9, 0, 5, 5], [4, 8, 5, 5, 0, 9, 3]]
         assert [list(t[i, 9:14]) for i in afters] == [[5, 5, 5, 5, 1], [8, 3, 9, 3, 0]]
         assert (t[:, :-1] >= 0).sum() == 2 * (2 + 7 + 5)  # nothing else is read
-        rows = afters
-        verdict = t[:, -1]
-        assert verdict[:rows[1]].min() == 1 and verdict[rows[1]:].max() == 0
+        verdict = t[:, -1]  # the second equation is wrong: 0 from the token after it on
+        assert verdict[:afters[1]].min() == 1 and verdict[afters[1]:].max() == 0
 
 
 @pytest.fixture(scope="module")
