@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .int8 import WEIGHT_QMAX
-from .smoothing import fake_quant_activations
+from .smoothing import fake_quant_activations, weight_codes
 
-MARGIN = 0.8  # aim inside the tolerance: the simulation leaves out the int8 embedding and kernel rounding
+MARGIN = 0.8  # aim inside the tolerance: the simulation is close to the graph, not bit-exact
 PROMOTE_SHARE = 0.25  # of the still-quantized linears, per round (few rounds: each is a calibration pass)
 UPGRADE = {"int8-7bit": "int8-8bit", "int8-8bit": "fp32"}
 
@@ -27,8 +27,7 @@ UPGRADE = {"int8-7bit": "int8-8bit", "int8-8bit": "fp32"}
 def _hook(weight: torch.Tensor, qmax: int):
     """Replace a linear's output by the graph's computation. The weight is kept as int8 codes and
     scales and dequantized per call, so the simulation costs a quarter of the fp32 weights, not a copy."""
-    scale = torch.clamp(weight.abs().amax(1, keepdim=True), min=1e-12) / qmax
-    codes = torch.clamp(torch.round(weight / scale), -qmax, qmax).to(torch.int8)
+    codes, scale = weight_codes(weight, qmax)
 
     def hook(mod, args, out):
         x = args[0]

@@ -60,7 +60,7 @@ def _smooth_and_fit(prm, tokenizer, traces, references, max_length: int, rec, to
     """Fold SmoothQuant scales into ``prm``, choose each linear's format, fit them to ``tol`` end to end."""
     from .fitting import fit_formats
     from .quantize import EMBEDDING_BLOCK
-    from .smoothing import smooth_and_select
+    from .smoothing import format_counts, smooth_and_select
 
     encoded = [(e.ids[:max_length], e.step_tokens[e.step_tokens < max_length]) for e in map(tokenizer.encode, traces)]
     log("      searching SmoothQuant scales and weight formats per layer on the calibration activations")
@@ -68,7 +68,7 @@ def _smooth_and_fit(prm, tokenizer, traces, references, max_length: int, rec, to
                                                    rec.max_error)
     log(f"      folded into the weights; linears by format {smoothing['formats']}")
     formats, smoothing["fit"] = fit_formats(prm, references, encoded, formats, errors, tol, EMBEDDING_BLOCK, log)
-    smoothing["formats"] = {f: sum(1 for v in formats.values() if v == f) for f in smoothing["formats"]}
+    smoothing["formats"] = format_counts(formats)
     log(f"      linears by format after the fit {smoothing['formats']}")
     return smoothing, formats
 

@@ -62,10 +62,20 @@ def fake_quant_activations(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.round(x / scale), -127, 127) * scale
 
 
-def fake_quant_weight(w: torch.Tensor, qmax: int) -> torch.Tensor:
-    """Symmetric per output channel (rows of a torch Linear weight)."""
+def weight_codes(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per output channel (rows of a torch Linear weight): (int8 codes, fp32 scales [N, 1])."""
     scale = torch.clamp(w.abs().amax(1, keepdim=True), min=1e-12) / qmax
-    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+    return torch.clamp(torch.round(w / scale), -qmax, qmax).to(torch.int8), scale
+
+
+def fake_quant_weight(w: torch.Tensor, qmax: int) -> torch.Tensor:
+    codes, scale = weight_codes(w, qmax)
+    return codes.float() * scale
+
+
+def format_counts(formats: dict[str, str]) -> dict[str, int]:
+    """How many linears have each weight format (the manifest's summary)."""
+    return {f: sum(1 for v in formats.values() if v == f) for f in (*WEIGHT_QMAX, "fp32")}
 
 
 def quant_error(x: torch.Tensor, weights: list[torch.Tensor], qmax: int, refs=None) -> list[float]:
@@ -139,14 +149,13 @@ def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
                     _fold_point(layer, point, s, n_kv, d)
                 for c, e7, e8 in zip(CONSUMERS[point], errs, wide):
                     fmt = "int8-7bit" if e7 <= fast_error else "int8-8bit" if e8 <= max_error else "fp32"
-                    formats[f"layers.{i}.{c}"] = fmt
-                    errors[f"layers.{i}.{c}"] = {"int8-7bit": e7, "int8-8bit": e8}
-                    worst = max(worst, {"int8-7bit": e7, "int8-8bit": e8}.get(fmt, 0.0))
-    counts = {f: sum(1 for v in formats.values() if v == f) for f in (*WEIGHT_QMAX, "fp32")}
+                    name = f"layers.{i}.{c}"
+                    formats[name], errors[name] = fmt, {"int8-7bit": e7, "int8-8bit": e8}
+                    worst = max(worst, errors[name].get(fmt, 0.0))
     summary = {"method": "smoothquant, alpha searched per layer and input", "alphas": list(alphas),
                "calibration_tokens_per_point": int(captured[0]["mlp.down_proj"].shape[0]) if captured else 0,
                "alpha_chosen": {str(a): sum(1 for v in chosen.values() if v == a) for a in alphas},
-               "formats": counts, "fast_error": fast_error, "max_error": max_error,
+               "formats": format_counts(formats), "fast_error": fast_error, "max_error": max_error,
                "worst_simulated_error": round(worst, 5)}
     return summary, formats, errors
 
