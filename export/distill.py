@@ -4,7 +4,10 @@ The teacher's step rewards (cached on disk, resumable) are the targets; gold ``l
 in with a weight. The step head (a small MLP over the final hidden state at each step boundary) is
 trained with BCE on soft targets. With the backbone frozen (the default) the trajectory head's
 outputs cannot move, and the boundary states are computed once; ``--unfreeze-layers N`` trains the
-top N layers too, with an MSE term holding the trajectory reward where it was.
+top N layers too, with a term holding each trace's final hidden state at its last token (all that
+the trajectory head reads) where it was: relative MSE, weighted by ``trajectory_weight``. (Holding
+only the trajectory reward itself let the ranking of trajectories drift on the demo pair: held-out
+trajectory AUROC 0.973 against 0.9997 with the state held.)
 
 Output: the student directory in the 1.5B layout plus ``step_head.safetensors`` and
 ``distill.json``; ``rfedge export`` on it puts the step head into the graph.
@@ -23,10 +26,9 @@ import numpy as np
 
 from rfedge.errors import UsageError
 from rfedge.steps import boundary_tokens, split_steps
-
-from .heads import make_step_head
 from rfedge.traces import read_traces
 
+from .heads import make_step_head
 from .parity import RewardCache, _cache_key
 
 STEP_HEAD_FILE = "step_head.safetensors"
@@ -88,6 +90,22 @@ def _examples(traces, targets, tk, cfg: DistillConfig, label_weight: float):
     return out
 
 
+def checkpoint_layers(layers) -> None:
+    """Recompute these layers' activations in the backward pass instead of keeping them (non-reentrant
+    ``torch.utils.checkpoint``, which passes keyword arguments through).
+
+    Not transformers' ``gradient_checkpointing_enable``: it also makes the embeddings' output require
+    grad, so every frozen layer below keeps its activations for a backward that never needs them,
+    and it does nothing in eval mode (measured on an H200, 1.5B shape, 4 x 2,689 tokens, top 2
+    layers trained: 34.5 GB peak that way)."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in layers:
+        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+
+
 def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig = DistillConfig(),
             teacher_layout: str | None = None, resume: bool = False, log=_log) -> dict:
     import torch
@@ -106,7 +124,7 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
     t0 = time.time()
     traces = read_traces(data)
     src = resolve_source(student)
-    prm = load_scalar_prm(src, cfg.dtype)
+    prm = load_scalar_prm(src, cfg.dtype, attn="sdpa")  # no [T, T] score tensors in training memory
     if prm.step_head is not None:
         log(f"rfedge distill: {src.id} already has a step head; it is replaced")
     tk = Tokenizer.from_file(str(src.path / "tokenizer.json"))
@@ -119,7 +137,7 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
     examples = _examples(traces, targets, tk, cfg, cfg.label_weight)
     if not examples:
         raise UsageError(f"{data}: no step of any trace has a teacher reward to learn from")
-    body, head = prm.body.to(cfg.device), prm.head.to(cfg.device)
+    body = prm.body.to(cfg.device)
     hidden = body.config.hidden_size
     step_head = make_step_head(hidden, cfg.head).to(cfg.device)
     layers = body.layers
@@ -127,17 +145,20 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
         raise UsageError(f"--unfreeze-layers {cfg.unfreeze_layers} is outside 0..{len(layers)}")
     for p in body.parameters():
         p.requires_grad_(False)
+    # Trained modules keep fp32 master weights (a bf16 AdamW step rounds small updates away); with
+    # --dtype bf16 the frozen layers stay bf16 and the forward runs under bf16 autocast.
+    tuned = list(layers)[len(layers) - cfg.unfreeze_layers:] + ([body.norm] if cfg.unfreeze_layers else [])
     trainable = list(step_head.parameters())
-    for layer in list(layers)[len(layers) - cfg.unfreeze_layers:]:
-        for p in layer.parameters():
+    for module in tuned:
+        module.float()
+        for p in module.parameters():
             p.requires_grad_(True)
             trainable.append(p)
-    if cfg.unfreeze_layers:
-        for p in body.norm.parameters():
-            p.requires_grad_(True)
-            trainable.append(p)
-        if cfg.device == "cuda":
-            body.gradient_checkpointing_enable()
+    tuned_keys = [k for k in body.state_dict() if k.startswith("norm.") or any(
+        k.startswith(f"layers.{j}.") for j in range(len(layers) - cfg.unfreeze_layers, len(layers)))]
+    if cfg.unfreeze_layers and cfg.device == "cuda":
+        checkpoint_layers(list(layers)[len(layers) - cfg.unfreeze_layers:])
+    autocast = torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
     start_epoch = 0
     if resume and (ckpt_dir / "state.pt").is_file():
@@ -157,12 +178,13 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
         for b, x in enumerate(ids_list):
             ids[b, :len(x)] = torch.tensor(x)
             mask[b, :len(x)] = 1
-        with torch.set_grad_enabled(grad):
-            return body(input_ids=ids.to(cfg.device), attention_mask=mask.to(cfg.device)).last_hidden_state, mask
+        with torch.set_grad_enabled(grad), autocast:
+            return body(input_ids=ids.to(cfg.device), attention_mask=mask.to(cfg.device),
+                        use_cache=False).last_hidden_state, mask  # a KV cache would grow on recompute
 
-    # Frozen backbone: boundary states once. Unfrozen: trajectory outputs to hold in place.
+    # Frozen backbone: boundary states once. Unfrozen: the last token's final state, to hold in place.
     feats = ys = ws = None
-    traj_ref = []
+    traj_state = []
     if cfg.unfreeze_layers == 0:
         fs, yy, ww = [], [], []
         for i in tqdm(range(0, len(examples), 16), desc="boundary states", file=sys.stderr):
@@ -175,11 +197,13 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
         feats, ys, ws = torch.cat(fs), torch.tensor(yy), torch.tensor(ww)
     else:
         with torch.no_grad():
-            for e in examples:
+            for e in tqdm(examples, desc="trajectory states", file=sys.stderr):
                 h, _ = states([e[0]], grad=False)
-                traj_ref.append(torch.sigmoid(head(h[0, -1].float())).item())
+                traj_state.append(h[0, -1].float())
 
-    history = []
+    history, optimizer_steps, t_train = [], 0, time.time()
+    if cfg.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     rng = np.random.default_rng(cfg.seed)
     bar = tqdm(range(start_epoch, cfg.epochs), desc="distilling", file=sys.stderr)
@@ -194,6 +218,7 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                optimizer_steps += 1
                 total += loss.item() * len(idx)
                 count += len(idx)
         else:
@@ -206,12 +231,13 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
                 y = torch.tensor([v for e in chunk for v in e[2]], device=cfg.device)
                 loss = bce(logits, y)
                 last = mask.sum(-1) - 1
-                traj = torch.sigmoid(head(h[torch.arange(len(chunk)), last].float()).squeeze(-1))
-                keep = torch.tensor([traj_ref[j] for j in order[i:i + bs]], device=cfg.device)
-                loss = loss + cfg.trajectory_weight * torch.mean((traj - keep) ** 2)
+                now = h[torch.arange(len(chunk)), last].float()
+                keep = torch.stack([traj_state[j] for j in order[i:i + bs]])
+                loss = loss + cfg.trajectory_weight * ((now - keep) ** 2).mean() / (keep ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                optimizer_steps += 1
                 total += loss.item() * len(chunk)
                 count += len(chunk)
         history.append(total / max(count, 1))
@@ -220,11 +246,11 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
         save_file({k: v.detach().cpu().contiguous() for k, v in step_head.state_dict().items()},
                   str(ckpt_dir / STEP_HEAD_FILE))
         if cfg.unfreeze_layers:
-            save_file({k: v.detach().cpu().contiguous() for k, v in body.state_dict().items()
-                       if any(k.startswith(f"layers.{j}.") for j in range(len(layers) - cfg.unfreeze_layers, len(layers)))
-                       or k.startswith("norm.")}, str(ckpt_dir / "body.safetensors"))
+            state = body.state_dict()
+            save_file({k: state[k].detach().cpu().contiguous() for k in tuned_keys}, str(ckpt_dir / "body.safetensors"))
         torch.save({"epoch": epoch, "optimizer": opt.state_dict()}, str(ckpt_dir / "state.pt"))
 
+    t_train_end = time.time()
     # The output: the student's files, the (possibly) updated body, and the new step head.
     for f in src.path.iterdir():
         if f.is_file() and f.name != STEP_HEAD_FILE and not (cfg.unfreeze_layers and f.suffix == ".safetensors"
@@ -233,14 +259,18 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
     if cfg.unfreeze_layers:
         from transformers import Qwen2ForCausalLM
 
-        lm = Qwen2ForCausalLM.from_pretrained(str(src.path))
-        lm.model.load_state_dict(body.state_dict())
+        # Only the trained tensors replace the source's: the frozen ones stay bit-exact in fp32.
+        lm = Qwen2ForCausalLM.from_pretrained(str(src.path), dtype=torch.float32)
+        state = body.state_dict()
+        lm.model.load_state_dict({k: state[k].detach().float().cpu() for k in tuned_keys}, strict=False)
         lm.save_pretrained(out, safe_serialization=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in step_head.state_dict().items()}, str(out / STEP_HEAD_FILE))
     info = {"distilled_from": {"teacher": teacher, "layout": reference_layout(teacher, teacher_layout)},
             "student": src.id, "data": data, "traces": len(traces), "examples": len(examples),
             "steps": int(sum(len(e[1]) for e in examples)), "config": asdict(cfg), "loss_history": history,
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1), "train_seconds": round(t_train_end - t_train, 1),
+            "optimizer_steps": optimizer_steps,
+            "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cfg.device == "cuda" else None}
     (out / "distill.json").write_text(json.dumps(info, indent=2))
     return info
 

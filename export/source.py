@@ -180,11 +180,11 @@ def load_step_head(path: Path, hidden: int):
     return step_head_from_state(load_tensor_file(f), hidden, f)
 
 
-def load_scalar_prm(source: Source, dtype: str = "fp32") -> ScalarPRM:
+def load_scalar_prm(source: Source, dtype: str = "fp32", attn: str = "eager") -> ScalarPRM:
     if source.layout != "scalar-head":
         raise UsageError(f"{source.id}: layout '{source.layout}' cannot be exported as an edge model; "
                          "rfedge export takes the ReasonFlux-PRM-1.5B layout (Qwen2 + reward_head)")
-    body = load_body(source.path, dtype)
+    body = load_body(source.path, dtype, attn)
     hidden = body.config.hidden_size
     return ScalarPRM(body, load_reward_head(source.path, hidden), load_step_head(source.path, hidden), source)
 

@@ -93,3 +93,84 @@ def test_unfreeze_and_resume(teacher_dir, scalar_ckpt, data, tmp_path):
     more = distill(str(data), str(teacher_dir), str(scalar_ckpt), out, DistillConfig(epochs=2, unfreeze_layers=1,
                    batch_size=32), resume=True, log=lambda m: None)
     assert len(more["loss_history"]) == 1  # only epoch 2 ran
+
+
+def _last_states(path, records):
+    import torch
+    from tokenizers import Tokenizer
+
+    from rfedge import parse_trace
+    from rfedge_export.source import load_scalar_prm, resolve_source
+
+    prm = load_scalar_prm(resolve_source(str(path)))
+    tk = Tokenizer.from_file(str(path / "tokenizer.json"))
+    with torch.no_grad():
+        return torch.stack([prm.body(input_ids=torch.tensor([tk.encode(parse_trace(r).text,
+                                                                       add_special_tokens=False).ids])
+                                     ).last_hidden_state[0, -1] for r in records])
+
+
+def test_unfreezing_holds_the_trajectory_state_and_leaves_frozen_layers_exact(teacher_dir, scalar_ckpt, data,
+                                                                             tmp_path):
+    from safetensors.torch import load_file
+
+    from rfedge_export.distill import DistillConfig, distill
+
+    drift = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"w{weight}"
+        distill(str(data), str(teacher_dir), str(scalar_ckpt), out,
+                DistillConfig(epochs=6, lr=3e-3, unfreeze_layers=1, batch_size=32, trajectory_weight=weight),
+                log=lambda m: None)
+        records = [json.loads(x) for x in data.read_text().splitlines()]
+        before, after = _last_states(scalar_ckpt, records), _last_states(out, records)
+        drift[weight] = float(((after - before) ** 2).mean() / (before ** 2).mean())
+        src, new = load_file(str(scalar_ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
+        top = max(int(k.split(".")[2]) for k in src if k.startswith("model.layers."))
+        for k, v in src.items():
+            if k.startswith((f"model.layers.{top}.", "model.norm.")):
+                continue
+            assert (new[k] == v).all(), k
+        assert not (new[f"model.layers.{top}.mlp.down_proj.weight"] == src[f"model.layers.{top}.mlp.down_proj.weight"]).all()
+    assert drift[1.0] < 0.5 * drift[0.0], drift
+
+
+def _saved_bytes(body, ids):
+    import torch
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        h = body(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
+    return sum(saved), h
+
+
+def _top_layer_trained(layers):
+    import torch
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    body = Qwen2Model(Qwen2Config(vocab_size=500, hidden_size=64, intermediate_size=256, num_hidden_layers=layers,
+                                  num_attention_heads=4, num_key_value_heads=2)).eval()
+    for p in body.parameters():
+        p.requires_grad_(False)
+    for p in body.layers[-1].parameters():
+        p.requires_grad_(True)
+    return body
+
+
+def test_training_the_top_layer_keeps_no_activations_of_frozen_layers():
+    import torch
+
+    from rfedge_export.distill import checkpoint_layers
+
+    ids = torch.randint(0, 500, (2, 64))
+    one, _ = _saved_bytes(_top_layer_trained(1), ids)
+    body = _top_layer_trained(4)
+    kept, _ = _saved_bytes(body, ids)
+    assert kept == pytest.approx(one, rel=0.01)  # the three frozen layers below keep nothing
+    checkpoint_layers([body.layers[-1]])
+    checkpointed, h = _saved_bytes(body, ids)
+    assert checkpointed < 0.1 * kept  # checkpointed: only the layer's input
+    h.sum().backward()
+    assert all(p.grad is not None for p in body.layers[-1].parameters())

@@ -144,3 +144,24 @@ def test_graph_quantization_is_what_the_search_simulates(tmp_path, fmt, qmax):
     ref = x @ w
     small = [0, 1, 3]  # the ordinary tokens keep their precision next to the massive one
     assert np.abs(y[small] - ref[small]).max() <= 0.05 * np.abs(ref[small]).max()
+
+
+def test_plain_dynamic_recipe_writes_its_intermediate_with_external_data(monkeypatch, tmp_path):
+    """quantize_dynamic of the 1.5B shape is a 2.4 GB model: one protobuf cannot hold it, whatever
+    the size of the source's .onnx file (small when its weights sit in .onnx.data)."""
+    import onnxruntime.quantization as q
+
+    from rfedge_export.quantize import get_recipe
+
+    seen = {}
+
+    def fake(src, dst, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(q, "quantize_dynamic", fake)
+    src = tmp_path / "model.onnx"
+    src.write_bytes(b"")
+    with pytest.raises(RuntimeError, match="stop here"):
+        get_recipe("int8", "int8-dynamic").apply(src, tmp_path / "out" / "model.onnx")
+    assert seen["use_external_data_format"] is True
