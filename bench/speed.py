@@ -106,12 +106,13 @@ def main():
     for prec in a.precisions.split(","):
         out = work / f"export-{a.layers}l-{prec}"
         if not (out / "rfedge.json").is_file() or a.quick:
-            # Random weights: speed and memory do not depend on the values, but a deep random model is
-            # far more sensitive to quantization noise than a trained one, so the validation bounds are
-            # loosened here; the measured deltas are reported with the results.
+            # int8 as shipped: the default gate, which its end-to-end fit aims at, decides the formats.
+            # fp32 at a deep random model can miss its 1e-4 bound by float noise, so its bounds are
+            # loosened; the measured deltas are reported with the results.
+            loose = [] if prec == "int8" else ["--max-step-delta", "0.2", "--max-trajectory-delta", "0.2",
+                                               "--min-spearman", "0.5"]
             _, wall, peak = run_measured([sys.executable, "-m", "rfedge", "export", str(ckpt), "--out", str(out),
-                                          "--precision", prec, "--max-length", "8192", "--max-step-delta", "0.2",
-                                          "--max-trajectory-delta", "0.2", "--min-spearman", "0.5"])
+                                          "--precision", prec, "--max-length", "8192", *loose])
         else:  # reuse an export made by an earlier run; its numbers are in that run's JSON
             wall = peak = float("nan")
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file()) / 1e9
