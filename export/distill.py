@@ -147,17 +147,19 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
         p.requires_grad_(False)
     # Trained modules keep fp32 master weights (a bf16 AdamW step rounds small updates away); with
     # --dtype bf16 the frozen layers stay bf16 and the forward runs under bf16 autocast.
-    tuned = list(layers)[len(layers) - cfg.unfreeze_layers:] + ([body.norm] if cfg.unfreeze_layers else [])
+    first_tuned = len(layers) - cfg.unfreeze_layers
+    top_layers = list(layers)[first_tuned:]
+    tuned = top_layers + ([body.norm] if cfg.unfreeze_layers else [])
     trainable = list(step_head.parameters())
     for module in tuned:
         module.float()
         for p in module.parameters():
             p.requires_grad_(True)
             trainable.append(p)
-    tuned_keys = [k for k in body.state_dict() if k.startswith("norm.") or any(
-        k.startswith(f"layers.{j}.") for j in range(len(layers) - cfg.unfreeze_layers, len(layers)))]
+    tuned_keys = [k for k in body.state_dict() if (k.startswith("norm.") and cfg.unfreeze_layers) or any(
+        k.startswith(f"layers.{j}.") for j in range(first_tuned, len(layers)))]
     if cfg.unfreeze_layers and cfg.device == "cuda":
-        checkpoint_layers(list(layers)[len(layers) - cfg.unfreeze_layers:])
+        checkpoint_layers(top_layers)
     autocast = torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
     start_epoch = 0
