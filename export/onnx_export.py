@@ -53,4 +53,3 @@ def forget_matched_graphs() -> None:
             for attr in ("_graph", "_match", "_current_node", "_tracer"):
                 if hasattr(obj, attr):
                     setattr(obj, attr, None)
-

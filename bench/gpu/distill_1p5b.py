@@ -28,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from reference_bf16 import SHAPES  # beside this script
+
 HERE = Path(__file__).resolve().parent
-SHAPE_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                  num_attention_heads=12, num_key_value_heads=2, rope_theta=1e6, max_position_embeddings=32768,
-                  tie_word_embeddings=True)
+SHAPE_1_5B = dict(SHAPES["1.5b"], max_position_embeddings=32768, tie_word_embeddings=True)
 TINY = dict(SHAPE_1_5B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 BUNDLED_TOKENIZER = HERE.parent.parent / "rfedge" / "models" / "demo-arith" / "tokenizer.json"
 
