@@ -74,7 +74,7 @@ def _bnb_int8(body) -> None:
 def run_torch(ckpt: str, seqs, batch: int, reps: int, threads: int, kind: str):
     import torch
 
-    from rfedge_export.source import load_body, load_reward_head
+    from rfedge_export.checkpoint.source import load_body, load_reward_head
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,7 +1,7 @@
 """INT8 recipes side by side: fidelity with and without activation outliers, speed, size, export RAM.
 
 Fidelity: a tiny 1.5B-layout model (4 layers, h=128, random weights) with outliers injected as
-trained LLMs have them (``rfedge_export.outliers``: a few RMSNorm channels and one up_proj row
+trained LLMs have them (``rfedge_export.testing.outliers``: a few RMSNorm channels and one up_proj row
 per layer scaled by alpha), exported with each recipe; max |delta| of step rewards against the
 torch fp32 source on the built-in calibration traces, against the recipe's bound.
 Speed and size: the same recipes exported at the real 1.5B shape (random weights; speed does not
@@ -31,10 +31,10 @@ UNGATED = {"max_abs_step": math.inf, "max_abs_trajectory": math.inf, "min_spearm
 
 
 def fidelity(recipes, alphas) -> list[dict]:
-    from rfedge_export.outliers import inject_outliers, tiny_checkpoint
-    from rfedge_export.pipeline import export_model
+    from rfedge_export.testing.outliers import inject_outliers, tiny_checkpoint
+    from rfedge_export.export import export_model
     from rfedge_export.qwen_vocab import write_tokenizer_files
-    from rfedge_export.quantize import get_recipe
+    from rfedge_export.quantize.recipes import get_recipe
 
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -65,7 +65,7 @@ def fidelity(recipes, alphas) -> list[dict]:
 
 
 def shape_runs(recipes, layers: int, work: Path, T: int) -> list[dict]:
-    from rfedge_export.quantize import get_recipe
+    from rfedge_export.quantize.recipes import get_recipe
 
     ckpt = build_checkpoint(work / f"qwen2-1.5b-shape-{layers}l", layers)
     rows = []

@@ -28,8 +28,8 @@ from rfedge.errors import UsageError
 from rfedge.steps import boundary_tokens, split_steps
 from rfedge.traces import read_traces
 
-from .heads import make_step_head
-from .parity import RewardCache, _cache_key
+from .checkpoint.heads import make_step_head
+from .parity.run import RewardCache, _cache_key
 
 STEP_HEAD_FILE = "step_head.safetensors"
 
@@ -113,8 +113,8 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
     from tokenizers import Tokenizer
     from tqdm import tqdm
 
-    from .references import load_reference
-    from .source import load_scalar_prm, resolve_source
+    from .parity.references import load_reference
+    from .checkpoint.source import load_scalar_prm, resolve_source
 
     out = Path(out)
     ckpt_dir = out / "checkpoint"
@@ -278,6 +278,6 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
 
 
 def reference_layout(teacher: str, layout: str | None) -> str:
-    from .source import resolve_source
+    from .checkpoint.source import resolve_source
 
     return layout or resolve_source(teacher).layout

@@ -13,8 +13,8 @@ import numpy as np
 
 from rfedge.errors import ValidationError
 
-from .quantize import Tolerance
-from .reference import scalar_rewards
+from .quantize.recipes import Tolerance
+from .checkpoint.rewards import scalar_rewards
 
 
 @dataclass(frozen=True)

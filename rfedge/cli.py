@@ -180,7 +180,7 @@ def export(source, out, precision, int8, recipe, max_length, calibration, max_st
     """
     from .home import default_export_dir
 
-    pipeline = _export_extra("pipeline")
+    pipeline = _export_extra("export")
     precision = "int8" if int8 else precision
     target = Path(out) if out else default_export_dir(source, precision)
     manifest = pipeline.export_model(
@@ -252,7 +252,7 @@ def parity(data, reference, candidate, out, layout, positive_token, negative_tok
           --candidate ~/.cache/rfedge/models/gen-verse--reasonflux-prm-1.5b-int8 --out parity-report \\
           --min-spearman 0.8 --min-bon-agreement 0.6
     """
-    parity_mod = _export_extra("parity")
+    parity_mod = _export_extra("parity.run")
     from tqdm import tqdm
 
     report = parity_mod.run_parity(
@@ -325,8 +325,8 @@ def demo_build(out, steps, bundle):
     import dataclasses
     import shutil
 
-    demo_mod = _export_extra("demo")
-    pipeline = _export_extra("pipeline")
+    demo_mod = _export_extra("demo.train")
+    pipeline = _export_extra("export")
     from .home import BUNDLED_DIR
 
     out = Path(out)
@@ -376,7 +376,7 @@ def demo_evaluate(workdir, n, seed):
     Example:
       rfedge demo evaluate demo-work --n 400
     """
-    _demo_gate(_demo_evaluate(_export_extra("demo"), Path(workdir), n, seed))
+    _demo_gate(_demo_evaluate(_export_extra("demo.train"), Path(workdir), n, seed))
 
 
 @main.command()
@@ -400,7 +400,7 @@ def recipes():
     Example:
       rfedge recipes
     """
-    quantize = _export_extra("quantize")
+    quantize = _export_extra("quantize.recipes")
     for r in quantize.RECIPES:
         default = " (default)" if quantize.DEFAULT_RECIPE[r.precision] == r.name else ""
         click.echo(f"{r.name:14} {r.precision:5} {r.description}{default}")

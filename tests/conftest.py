@@ -46,7 +46,7 @@ def tokenizer_dir(tmp_path_factory, qwen_tokenizer):
 
 def make_scalar_checkpoint(path: Path, tokenizer_dir: Path, **kw) -> Path:
     """A tiny ReasonFlux-PRM-1.5B-layout checkpoint: Qwen2ForCausalLM dir + reward_head.pt."""
-    from rfedge_export.outliers import tiny_checkpoint
+    from rfedge_export.testing.outliers import tiny_checkpoint
 
     return tiny_checkpoint(path, tokenizer_dir, **{"hidden": HIDDEN, **kw})
 
@@ -58,7 +58,7 @@ def scalar_ckpt(tmp_path_factory, tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def fp32_export(tmp_path_factory, scalar_ckpt):
-    from rfedge_export.pipeline import export_model
+    from rfedge_export.export import export_model
 
     out = tmp_path_factory.mktemp("exports") / "tiny-fp32"
     export_model(str(scalar_ckpt), out, precision="fp32", log=lambda m: None, progress=None)
@@ -67,7 +67,7 @@ def fp32_export(tmp_path_factory, scalar_ckpt):
 
 @pytest.fixture(scope="session")
 def int8_export(tmp_path_factory, scalar_ckpt):
-    from rfedge_export.pipeline import export_model
+    from rfedge_export.export import export_model
 
     out = tmp_path_factory.mktemp("exports") / "tiny-int8"
     export_model(str(scalar_ckpt), out, precision="int8", log=lambda m: None, progress=None)
@@ -76,7 +76,7 @@ def int8_export(tmp_path_factory, scalar_ckpt):
 
 @pytest.fixture(scope="session")
 def scalar_prm(scalar_ckpt):
-    from rfedge_export.source import load_scalar_prm, resolve_source
+    from rfedge_export.checkpoint.source import load_scalar_prm, resolve_source
 
     return load_scalar_prm(resolve_source(str(scalar_ckpt)))
 

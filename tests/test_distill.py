@@ -11,7 +11,7 @@ from rfedge import Scorer
 def teacher_dir(tmp_path_factory):
     import torch
 
-    from rfedge_export.demo import DemoConfig, _teacher_module, save_teacher
+    from rfedge_export.demo.train import DemoConfig, _teacher_module, save_teacher
     from rfedge_export.qwen_vocab import QWEN25_MATH_PRM_SPECIALS, write_tokenizer_files
 
     root = tmp_path_factory.mktemp("distill-teacher")
@@ -51,9 +51,9 @@ def test_loss_falls_and_files_are_written(distilled):
 
 
 def test_export_puts_step_head_in_graph(distilled, tmp_path, data):
-    from rfedge_export.pipeline import export_model
-    from rfedge_export.reference import scalar_rewards
-    from rfedge_export.source import load_scalar_prm, resolve_source
+    from rfedge_export.export import export_model
+    from rfedge_export.checkpoint.rewards import scalar_rewards
+    from rfedge_export.checkpoint.source import load_scalar_prm, resolve_source
 
     out, _ = distilled
     export_model(str(out), tmp_path / "m", precision="fp32", log=lambda m: None, progress=None)
@@ -70,7 +70,7 @@ def test_export_puts_step_head_in_graph(distilled, tmp_path, data):
 
 
 def test_frozen_backbone_keeps_trajectory_reward(distilled, scalar_ckpt, fp32_export, tmp_path, data):
-    from rfedge_export.pipeline import export_model
+    from rfedge_export.export import export_model
 
     out, _ = distilled
     export_model(str(out), tmp_path / "m", precision="fp32", log=lambda m: None, progress=None)
@@ -100,7 +100,7 @@ def _last_states(path, records):
     from tokenizers import Tokenizer
 
     from rfedge import parse_trace
-    from rfedge_export.source import load_scalar_prm, resolve_source
+    from rfedge_export.checkpoint.source import load_scalar_prm, resolve_source
 
     prm = load_scalar_prm(resolve_source(str(path)))
     tk = Tokenizer.from_file(str(path / "tokenizer.json"))

@@ -112,7 +112,7 @@ def test_graph_has_no_hidden_state_output(fp32_export):
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
 def test_quantized_within_tolerance(precision, tmp_path_factory, scalar_ckpt, scalar_prm, request):
-    from rfedge_export.pipeline import export_model
+    from rfedge_export.export import export_model
 
     if precision == "int8":
         out = request.getfixturevalue("int8_export")
@@ -142,9 +142,9 @@ def test_export_lets_go_of_the_torch_weights(scalar_ckpt, tmp_path):
 
     import torch
 
-    from rfedge_export.graph import PooledPRM
-    from rfedge_export.onnx_export import export_onnx
-    from rfedge_export.source import load_scalar_prm, resolve_source
+    from rfedge_export.onnx.pooled import PooledPRM
+    from rfedge_export.onnx.to_onnx import export_onnx
+    from rfedge_export.checkpoint.source import load_scalar_prm, resolve_source
 
     prm = load_scalar_prm(resolve_source(str(scalar_ckpt)))
     module = PooledPRM(prm.body, prm.head, prm.step_head).eval()

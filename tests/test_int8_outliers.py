@@ -1,7 +1,7 @@
 """The shipped INT8 recipe on models with activation outliers, next to plain per-tensor quantization.
 
 Outlier models: the tiny 1.5B-layout checkpoint (4 layers, h=128) with a few RMSNorm channels and
-one up_proj row per layer scaled by alpha, as trained LLMs have them (rfedge_export.outliers).
+one up_proj row per layer scaled by alpha, as trained LLMs have them (rfedge_export.testing.outliers).
 """
 
 import pytest
@@ -19,7 +19,7 @@ def outlier_ckpt(tmp_path_factory, tokenizer_dir):
     def make(alpha, channels=(3, 17, 42)):
         key = (alpha, channels)
         if key not in made:
-            from rfedge_export.outliers import inject_outliers
+            from rfedge_export.testing.outliers import inject_outliers
 
             path = make_scalar_checkpoint(tmp_path_factory.mktemp("outliers") / "ck", tokenizer_dir, seed=1,
                                           layers=4, head_scale=1.0, hidden=128)
@@ -31,7 +31,7 @@ def outlier_ckpt(tmp_path_factory, tokenizer_dir):
 
 
 def _export(ckpt, out, recipe=None):
-    from rfedge_export.pipeline import export_model
+    from rfedge_export.export import export_model
 
     return export_model(str(ckpt), out, precision="int8", recipe=recipe, log=lambda m: None, progress=None)
 
@@ -65,10 +65,10 @@ def test_fit_simulates_what_the_graph_does(outlier_ckpt, tmp_path):
 def test_fit_promotes_linears_until_the_simulation_is_within_tolerance(outlier_ckpt, tolerance, quantized_after):
     from rfedge.tokenization import TraceTokenizer
     from rfedge_export.calibration import builtin_traces
-    from rfedge_export.fitting import fit_formats
-    from rfedge_export.quantize import Tolerance
-    from rfedge_export.smoothing import smooth_and_select
-    from rfedge_export.source import load_scalar_prm, resolve_source
+    from rfedge_export.quantize.fitting import fit_formats
+    from rfedge_export.quantize.recipes import Tolerance
+    from rfedge_export.quantize.smoothing import smooth_and_select
+    from rfedge_export.checkpoint.source import load_scalar_prm, resolve_source
     from rfedge_export.validate import reference_rewards
 
     ckpt = outlier_ckpt(30)
@@ -88,9 +88,9 @@ def test_fit_promotes_linears_until_the_simulation_is_within_tolerance(outlier_c
 def test_equalization_is_exact_in_fp32(outlier_ckpt, qwen_tokenizer):
     import numpy as np
 
-    from rfedge_export.reference import scalar_rewards
-    from rfedge_export.smoothing import smooth_and_select
-    from rfedge_export.source import load_scalar_prm, resolve_source
+    from rfedge_export.checkpoint.rewards import scalar_rewards
+    from rfedge_export.quantize.smoothing import smooth_and_select
+    from rfedge_export.checkpoint.source import load_scalar_prm, resolve_source
 
     prm = load_scalar_prm(resolve_source(str(outlier_ckpt(30))))
     ids = np.array(qwen_tokenizer.encode("Start with 3. Then add 4.\n\n3 + 4 = 7\n\nThe final number is 7.").ids)
@@ -123,8 +123,8 @@ def test_graph_quantization_is_what_the_search_simulates(tmp_path, fmt, qmax):
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
-    from rfedge_export.int8 import dynamic_int8
-    from rfedge_export.smoothing import fake_quant_activations, fake_quant_weight
+    from rfedge_export.quantize.int8 import dynamic_int8
+    from rfedge_export.quantize.smoothing import fake_quant_activations, fake_quant_weight
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((96, 40)).astype(np.float32)
@@ -151,7 +151,7 @@ def test_plain_dynamic_recipe_writes_its_intermediate_with_external_data(monkeyp
     the size of the source's .onnx file (small when its weights sit in .onnx.data)."""
     import onnxruntime.quantization as q
 
-    from rfedge_export.quantize import get_recipe
+    from rfedge_export.quantize.recipes import get_recipe
 
     seen = {}
 

@@ -98,7 +98,7 @@ class _Payload:
 
 
 def test_pickle_payload_in_reward_head_is_refused(scalar_ckpt, tmp_path):
-    from rfedge_export.source import load_reward_head
+    from rfedge_export.checkpoint.source import load_reward_head
 
     src = tmp_path / "evil"
     shutil.copytree(scalar_ckpt, src)
@@ -114,7 +114,7 @@ def test_pickle_payload_in_reward_head_is_refused(scalar_ckpt, tmp_path):
 def test_head_from_safetensors_and_shape_check(tmp_path, tokenizer_dir):
     from conftest import make_scalar_checkpoint
 
-    from rfedge_export.source import load_reward_head
+    from rfedge_export.checkpoint.source import load_reward_head
 
     ck = make_scalar_checkpoint(tmp_path / "st", tokenizer_dir, head_format="safetensors")
     assert tuple(load_reward_head(ck, 64).weight.shape) == (1, 64)
@@ -126,7 +126,7 @@ def test_head_from_safetensors_and_shape_check(tmp_path, tokenizer_dir):
 
 def test_failed_validation_leaves_nothing_to_score(scalar_ckpt, tmp_path):
     from rfedge.errors import ValidationError
-    from rfedge_export.pipeline import export_model
+    from rfedge_export.export import export_model
 
     out = tmp_path / "strict"
     with pytest.raises(ValidationError) as e:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rfedge_export import metrics as M
+from rfedge_export.parity import metrics as M
 
 
 def test_topk_overlap():
@@ -57,7 +57,7 @@ def math_tokenizer_dir(tmp_path_factory):
 def two_class_ckpt(tmp_path_factory, math_tokenizer_dir):
     import torch
 
-    from rfedge_export.demo import DemoConfig, _teacher_module, save_teacher
+    from rfedge_export.demo.train import DemoConfig, _teacher_module, save_teacher
 
     torch.manual_seed(1)
     t = _teacher_module(DemoConfig(hidden=32, layers=1, intermediate=64), range(10))
@@ -79,7 +79,7 @@ def traces_file(tmp_path_factory):
 
 
 def test_two_class_report_is_recomputable(two_class_ckpt, fp32_export, traces_file, tmp_path):
-    from rfedge_export.parity import run_parity
+    from rfedge_export.parity.run import run_parity
 
     out = tmp_path / "rep"
     report = run_parity(str(traces_file), str(two_class_ckpt), str(fp32_export), out, log=lambda m: None)
@@ -105,7 +105,7 @@ def test_two_class_matches_independent_softmax(two_class_ckpt, fp32_export, trac
     from tokenizers import Tokenizer
     from transformers import Qwen2Model
 
-    from rfedge_export.parity import run_parity
+    from rfedge_export.parity.run import run_parity
 
     out = tmp_path / "rep"
     run_parity(str(traces_file), str(two_class_ckpt), str(fp32_export), out, log=lambda m: None)
@@ -127,7 +127,8 @@ def test_two_class_matches_independent_softmax(two_class_ckpt, fp32_export, trac
 
 
 def test_reference_cache_avoids_recompute(two_class_ckpt, fp32_export, traces_file, tmp_path, monkeypatch):
-    from rfedge_export import parity, references
+    from rfedge_export.parity import references
+    from rfedge_export.parity import run as parity
 
     cache = tmp_path / "cache.jsonl"
     parity.run_parity(str(traces_file), str(two_class_ckpt), str(fp32_export), tmp_path / "a", cache=cache,
@@ -149,7 +150,7 @@ def test_fidelity_mode_and_gate(scalar_ckpt, fp32_export, int8_export, traces_fi
     from click.testing import CliRunner
 
     from rfedge.cli import main
-    from rfedge_export.parity import run_parity
+    from rfedge_export.parity.run import run_parity
 
     r = run_parity(str(traces_file), str(scalar_ckpt), str(fp32_export), tmp_path / "f", log=lambda m: None)
     assert r["meta"]["reference_layout"] == "scalar"
@@ -167,7 +168,7 @@ def test_lm_tokens_reference(tmp_path, scalar_ckpt, math_tokenizer_dir, fp32_exp
     from tokenizers import Tokenizer
     from transformers import Qwen2ForCausalLM
 
-    from rfedge_export.parity import run_parity
+    from rfedge_export.parity.run import run_parity
 
     ck = tmp_path / "lm"
     shutil.copytree(scalar_ckpt, ck)
@@ -179,7 +180,7 @@ def test_lm_tokens_reference(tmp_path, scalar_ckpt, math_tokenizer_dir, fp32_exp
                    positive_token=pos, negative_token=neg, log=lambda m: None)
     first = json.loads((tmp_path / "rep" / "scores.jsonl").read_text().splitlines()[0])
     record = json.loads(traces_file.read_text().splitlines()[0])
-    from rfedge_export.chat import render_prm_chat
+    from rfedge_export.parity.chat import render_prm_chat
 
     ids = Tokenizer.from_file(str(ck / "tokenizer.json")).encode(
         render_prm_chat(record["problem"], record["trajectory"] + [record["response"]]), add_special_tokens=False).ids

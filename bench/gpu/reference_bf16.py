@@ -48,7 +48,7 @@ def pooled_vs_eager(shape: dict, T: int, batch: int, device: str, dtype, reps: i
     import torch
     from transformers import Qwen2Config, Qwen2Model
 
-    from rfedge_export.graph import PooledPRM
+    from rfedge_export.onnx.pooled import PooledPRM
 
     torch.manual_seed(0)
     cfg = Qwen2Config(**shape, attn_implementation="eager")
@@ -116,7 +116,7 @@ def main():
     if a.demo:
         from rfedge.synth import generate
         from rfedge.traces import parse_trace
-        from rfedge_export.references import load_reference
+        from rfedge_export.parity.references import load_reference
 
         traces = [parse_trace(r) for r in generate("arith", 200, 4242)]
         ref32 = load_reference(str(Path(a.demo) / "teacher"), "two-class", "fp32", "cpu")

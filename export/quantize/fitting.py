@@ -52,7 +52,7 @@ def _embedding_hook(block: int):
 def simulated_deltas(prm, references, encoded, formats: dict[str, str],
                      embedding_block: int | None = None) -> tuple[float, float]:
     """Max |delta| of (step, trajectory) rewards of the simulated quantized model vs ``references``."""
-    from .reference import scalar_rewards
+    from ..checkpoint.rewards import scalar_rewards
 
     hooks = []
     try:

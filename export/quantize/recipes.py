@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .onnx_export import EXTERNAL_DATA_BYTES
+from ..onnx.to_onnx import EXTERNAL_DATA_BYTES
 
 
 @dataclass(frozen=True)

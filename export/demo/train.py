@@ -19,9 +19,9 @@ from pathlib import Path
 from rfedge.synth import generate
 from rfedge.traces import parse_trace
 
-from .metrics import auroc
-from .chat import SEPARATOR_ID, render_prm_chat, step_texts
-from .qwen_vocab import QWEN25_MATH_PRM_SPECIALS, QWEN25_SPECIALS, build_tokenizer, write_tokenizer_files
+from ..parity.metrics import auroc
+from ..parity.chat import SEPARATOR_ID, render_prm_chat, step_texts
+from ..qwen_vocab import QWEN25_MATH_PRM_SPECIALS, QWEN25_SPECIALS, build_tokenizer, write_tokenizer_files
 
 DEMO_NOTICE = ("the bundled demo model only knows the synthetic arithmetic task (rfedge generate arith); "
                "for real traces export ReasonFlux-PRM-1.5B: rfedge export Gen-Verse/ReasonFlux-PRM-1.5B --int8")
@@ -416,7 +416,7 @@ def evaluate_demo(teacher_dir: Path, fp32_dir: Path, int8_dir: Path, n: int = 40
     from scipy.stats import spearmanr
     from rfedge.scorer import Scorer
 
-    from .references import load_reference
+    from ..parity.references import load_reference
 
     records = list(generate("arith", n, seed))
     traces = [parse_trace(r) for r in records]

@@ -19,10 +19,10 @@ from rfedge.errors import ModelFilesError, UsageError
 from rfedge.manifest import INPUTS, MANIFEST_NAME, OUTPUTS, write_manifest
 
 from .calibration import load_calibration
-from .graph import PooledPRM
-from .onnx_export import export_onnx
-from .quantize import get_recipe
-from .source import load_scalar_prm, read_config, resolve_source
+from .onnx.pooled import PooledPRM
+from .onnx.to_onnx import export_onnx
+from .quantize.recipes import get_recipe
+from .checkpoint.source import load_scalar_prm, read_config, resolve_source
 from .validate import reference_rewards, validate
 
 DEFAULT_MAX_LENGTH = 8192
@@ -58,9 +58,9 @@ def _prepare_out(out: Path) -> None:
 
 def _smooth_and_fit(prm, tokenizer, traces, references, max_length: int, rec, tol, log) -> tuple[dict, dict]:
     """Fold SmoothQuant scales into ``prm``, choose each linear's format, fit them to ``tol`` end to end."""
-    from .fitting import fit_formats
-    from .quantize import EMBEDDING_BLOCK
-    from .smoothing import format_counts, smooth_and_select
+    from .quantize.fitting import fit_formats
+    from .quantize.recipes import EMBEDDING_BLOCK
+    from .quantize.smoothing import format_counts, smooth_and_select
 
     encoded = [(e.ids[:max_length], e.step_tokens[e.step_tokens < max_length]) for e in map(tokenizer.encode, traces)]
     log("      searching SmoothQuant scales and weight formats per layer on the calibration activations")

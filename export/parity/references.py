@@ -77,7 +77,7 @@ def _separator_scorer(src, body, verdict, device: str):
 def _two_class(src, dtype: str, device: str, **_):
     import torch
 
-    from .source import load_two_class_prm
+    from ..checkpoint.source import load_two_class_prm
 
     prm = load_two_class_prm(src, dtype)
     _device(prm.body, device), _device(prm.score, device)
@@ -105,8 +105,8 @@ def _scalar(src, dtype: str, device: str, **_):
     from rfedge.steps import boundary_tokens, split_steps
     from tokenizers import Tokenizer
 
-    from .reference import scalar_rewards
-    from .source import load_scalar_prm
+    from ..checkpoint.rewards import scalar_rewards
+    from ..checkpoint.source import load_scalar_prm
 
     prm = load_scalar_prm(src, dtype)
     _device(prm.body, device), _device(prm.head, device)
@@ -130,7 +130,7 @@ LAYOUTS = tuple(LOADERS)
 
 def load_reference(source: str, layout: str | None = None, dtype: str = "fp32", device: str = "cpu",
                    **options) -> Reference:
-    from .source import Source, resolve_source
+    from ..checkpoint.source import Source, resolve_source
 
     src = resolve_source(source)
     layout = layout or src.layout

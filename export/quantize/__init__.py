@@ -1,0 +1,1 @@
+"""Quantization: the precision recipes registry and what the int8 recipe is made of."""
