@@ -7,7 +7,6 @@ output path, so an interrupted or failed export never leaves a directory ``rfedg
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shutil
 import sys
 import tempfile
@@ -16,9 +15,10 @@ from pathlib import Path
 
 from rfedge import __version__
 from rfedge.errors import ModelFilesError, UsageError
-from rfedge.manifest import INPUTS, MANIFEST_NAME, OUTPUTS, write_manifest
+from rfedge.manifest import INPUTS, OUTPUTS, write_manifest
 
 from .calibration import load_calibration
+from .install import check_out, install
 from .onnx.pooled import PooledPRM
 from .onnx.to_onnx import export_onnx
 from .quantize.recipes import get_recipe
@@ -51,8 +51,7 @@ def _progress(items):
 
 
 def _prepare_out(out: Path) -> None:
-    if out.exists() and not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
-        raise UsageError(f"{out}: exists and is not an rfedge export; choose another --out")
+    check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
@@ -149,9 +148,9 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
         log(f"[6/6] writing {out}")
         del scorer
         write_manifest(final, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(final, out)
+        left = install(final, out)
+        if left:
+            log(f"      note: {left}")
         return manifest
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -10,38 +10,48 @@ import functools
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
 from .errors import MissingExtraError, RfedgeError, TraceFormatError
+from .output import AtomicOutput, Terminated, raise_on_termination
 from .registry import MODELS
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def _fail(err: RfedgeError) -> None:
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _silence_stdout()
     click.echo(f"rfedge: error: {err}", err=True)
     sys.exit(err.exit_code)
 
 
-def _stdout_closed() -> None:
-    """The reader went away (``rfedge score big.jsonl | head``): stop quietly, as Unix tools do."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot raise again
-    sys.exit(141)
-
-
 def reports_errors(fn):
+    """Typed errors -> one line and their exit code; a closed stdout -> 141 (``| head``), as Unix
+    tools do; SIGTERM/SIGHUP -> 128 + signal after temporary files are removed."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        raise_on_termination()
         try:
             return fn(*args, **kwargs)
         except RfedgeError as e:
             _fail(e)
         except BrokenPipeError:
-            _stdout_closed()
+            _silence_stdout()
+            sys.exit(141)
+        except Terminated as t:
+            _silence_stdout()
+            sys.exit(128 + t.signum)
     return wrapper
 
 
@@ -61,37 +71,6 @@ def _export_extra(module: str):
 @click.version_option(package_name="rfedge")
 def main():
     """rfedge: score reasoning traces with ReasonFlux-PRM process reward models on the edge."""
-
-
-class _AtomicOutput:
-    """Write to a temporary file beside ``path`` and rename it into place on success."""
-
-    def __init__(self, path: str | None):
-        self.path = path
-        self.tmp = None
-
-    def __enter__(self):
-        if not self.path or self.path == "-":
-            return sys.stdout
-        target = Path(self.path)
-        if not target.parent.is_dir():
-            from .errors import UsageError
-
-            raise UsageError(f"--output {self.path}: directory {target.parent} does not exist")
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        self.fh = os.fdopen(fd, "w", encoding="utf-8")
-        return self.fh
-
-    def __exit__(self, exc_type, exc, tb):
-        if self.tmp is None:
-            sys.stdout.flush()
-            return False
-        self.fh.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.unlink(self.tmp)
-        return False
 
 
 @main.command()
@@ -133,7 +112,7 @@ def score(trace, model, device, batch_size, batch_tokens, alpha, threads, output
     if scorer.manifest.notice:
         click.echo(f"rfedge: note: {scorer.manifest.notice}", err=True)
     failed = 0
-    with _AtomicOutput(output) as out:
+    with AtomicOutput(output) as out:
         if source.single:
             record, result = next(scorer.score_records(source.records))
             if isinstance(result, TraceFormatError):
@@ -211,7 +190,7 @@ def generate(task, n, seed, candidates, output):
     """
     from .synth import generate as gen
 
-    with _AtomicOutput(output) as out:
+    with AtomicOutput(output) as out:
         for record in gen(task, n, seed, candidates):
             out.write(json.dumps(record) + "\n")
 

@@ -37,3 +37,9 @@ class ValidationError(RfedgeError):
 
 class MissingExtraError(RfedgeError):
     """An optional dependency group is not installed."""
+
+
+class OutputError(RfedgeError):
+    """Results could not be written (a full disk, a closed or unwritable target)."""
+
+    exit_code = 1

@@ -54,6 +54,14 @@ class Manifest:
         return f"{self.source.get('id', '?')} ({self.precision}) at {self.directory}"
 
 
+def is_plain_name(name: str) -> bool:
+    """A file name of the model directory itself: no path separators, not '.' or '..', no NUL.
+
+    A manifest names files only this way, so a model directory never reaches outside itself.
+    """
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
