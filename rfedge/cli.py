@@ -14,11 +14,13 @@ from pathlib import Path
 
 import click
 
+from .constants import (DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, DEVICES, PRECISIONS,
+                        TORCH_DEVICES)
 from .errors import MissingExtraError, RfedgeError, TraceFormatError
+from .scorer import DEFAULT_CACHE_BYTES
 from .output import AtomicOutput, Terminated, raise_on_termination
 from .registry import MODELS
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 def _silence_stdout() -> None:
@@ -77,18 +79,21 @@ def main():
 @click.argument("trace", type=str)
 @click.option("--model", "model", default=None, help="Model directory from 'rfedge export' (default: "
               "$RFEDGE_MODEL, then the newest export in $RFEDGE_HOME, then the bundled demo).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto uses CUDA when onnxruntime-gpu sees a GPU.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=16384, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=DEFAULT_BATCH_TOKENS, show_default=True,
               help="Padded tokens per batch at most (bounds memory); a single trace always fits.")
-@click.option("--alpha", type=float, default=1.0, show_default=True,
+@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
               help="score = mean step reward + alpha x trajectory reward.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Intra-op threads (0: all cores).")
+@click.option("--cache-mb", type=click.IntRange(min=0), default=DEFAULT_CACHE_BYTES >> 20, show_default=True,
+              help="Prefix cache for keys and values of traces already scored (traces sharing a prompt or a "
+                   "partial trace run only what is new); 0 turns it off.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write results here (atomically) instead of stdout.")
 @reports_errors
-def score(trace, model, device, batch_size, batch_tokens, alpha, threads, output):
+def score(trace, model, device, batch_size, batch_tokens, alpha, threads, cache_mb, output):
     """Score TRACE (.json with one object or a list, .jsonl, or - for stdin).
 
     One object in gives one JSON object out; a list or JSONL gives JSONL in input order, with an
@@ -106,7 +111,7 @@ def score(trace, model, device, batch_size, batch_tokens, alpha, threads, output
     choice = resolve_model(model)
     source = open_traces(trace)
     scorer = Scorer.load(choice.path, device=device, alpha=alpha, batch_size=batch_size,
-                         batch_tokens=batch_tokens, threads=threads)
+                         batch_tokens=batch_tokens, threads=threads, cache_bytes=cache_mb << 20)
     click.echo(f"rfedge: model {scorer.manifest.describe()} [{choice.reason}], device {scorer.device}",
                err=True)
     if scorer.manifest.notice:
@@ -207,7 +212,7 @@ def generate(task, n, seed, candidates, output):
 @click.option("--positive-token", type=int, default=None, help="lm-tokens: vocabulary id of the 'correct' verdict.")
 @click.option("--negative-token", type=int, default=None, help="lm-tokens: vocabulary id of the 'wrong' verdict.")
 @click.option("--reference-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(TORCH_DEVICES), default="cpu", show_default=True)
 @click.option("--alpha", type=float, default=1.0, show_default=True)
 @click.option("--cache", type=click.Path(dir_okay=False), default=None,
               help="Reference reward cache (default: OUT/reference_cache.jsonl).")
@@ -261,7 +266,7 @@ def parity(data, reference, candidate, out, layout, positive_token, negative_tok
 @click.option("--label-weight", type=float, default=0.0, show_default=True,
               help="Mix gold 'labels' into the targets with this weight (0: teacher only).")
 @click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(TORCH_DEVICES), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.")
 @reports_errors

@@ -43,3 +43,9 @@ class OutputError(RfedgeError):
     """Results could not be written (a full disk, a closed or unwritable target)."""
 
     exit_code = 1
+
+
+class RuntimeFailure(RfedgeError):
+    """ONNX Runtime failed while running a verified graph (out of memory, an unsupported input)."""
+
+    exit_code = 1

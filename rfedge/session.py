@@ -6,10 +6,11 @@ from importlib import metadata
 
 import numpy as np
 
-from .errors import MissingExtraError, ModelFilesError, UsageError
+from .constants import DEVICES
+from .errors import MissingExtraError, ModelFilesError, RuntimeFailure, UsageError
+from .interface import CACHED_OUTPUTS, POOLED_OUTPUTS
 from .manifest import Manifest
 
-DEVICES = ("auto", "cpu", "cuda")
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 
 
@@ -49,22 +50,23 @@ def providers_for(device: str, available: list[str]) -> list[str]:
 
 
 class GraphSession:
-    """A loaded graph with the manifest's inputs and outputs. ``run`` is thread-safe (ORT sessions are)."""
+    """A loaded graph with the manifest's inputs and outputs. Runs are thread-safe (ORT sessions are)."""
 
     def __init__(self, manifest: Manifest, device: str = "auto", threads: int = 0):
         ort = _import_ort()
+        self._ort = ort
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         self.providers = providers_for(device, ort.get_available_providers())
+        self.graph_path = manifest.graph_path
         try:
             self._session = ort.InferenceSession(str(manifest.graph_path), options, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own untyped exceptions
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelFilesError(
-                f"{manifest.graph_path}: ONNX Runtime {ort.__version__} cannot load this graph ({msg}); "
+                f"{manifest.graph_path}: ONNX Runtime {ort.__version__} cannot load this graph ({_first_line(e)}); "
                 "re-export it or upgrade onnxruntime") from None
         names_in = tuple(i.name for i in self._session.get_inputs())
         names_out = tuple(o.name for o in self._session.get_outputs())
@@ -73,10 +75,55 @@ class GraphSession:
                 f"{manifest.graph_path}: graph inputs {list(names_in)} and outputs {list(names_out)} do not "
                 f"match the manifest ({list(manifest.inputs)} -> {list(manifest.outputs)}); re-export the model")
         self.device = "cuda" if self.providers[0].startswith("CUDA") else "cpu"
+        self._past = [n for n in manifest.inputs if n.startswith("past_key_values.")]
+        self._present = [n for n in manifest.outputs if n.startswith("present.")]
+
+    def _failed(self, e: Exception) -> RuntimeFailure:
+        return RuntimeFailure(f"{self.graph_path}: ONNX Runtime failed while scoring ({_first_line(e)})")
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
             step_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        step, traj = self._session.run(
-            ["step_rewards", "trajectory_reward"],
-            {"input_ids": input_ids, "attention_mask": attention_mask, "step_index": step_index})
+        """The pooled interface (format 1): rewards at ``step_index`` and at each row's last token."""
+        try:
+            step, traj = self._session.run(
+                list(POOLED_OUTPUTS),
+                {"input_ids": input_ids, "attention_mask": attention_mask, "step_index": step_index})
+        except Exception as e:  # onnxruntime raises its own untyped exceptions
+            raise self._failed(e) from None
         return step, traj
+
+    def run_cached(self, input_ids: np.ndarray, attention_mask: np.ndarray, past_length: np.ndarray,
+                   kv) -> tuple[np.ndarray, np.ndarray]:
+        """The cached interface: per-token rewards [B,S] of the new tokens; ``kv`` (a
+        :class:`~rfedge.kvcache.KVBuffers`) gets the new tokens' keys and values written in place."""
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "past_length": past_length}
+        try:
+            if self.device == "cpu":
+                return self._run_in_place(feeds, kv)
+            outputs = self._session.run(None, {**feeds, **dict(zip(self._past, kv.arrays))})
+        except Exception as e:  # onnxruntime raises its own untyped exceptions
+            raise self._failed(e) from None
+        named = dict(zip((o.name for o in self._session.get_outputs()), outputs))
+        for name, array in zip(self._present, kv.arrays):
+            array[...] = named[name]
+        return named[CACHED_OUTPUTS[0]], named[CACHED_OUTPUTS[1]]
+
+    def _run_in_place(self, feeds: dict, kv) -> tuple[np.ndarray, np.ndarray]:
+        """One buffer bound to both past and present: ONNX Runtime sees the same pointer and
+        writes the new rows into it, with no copy of the cache."""
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in CACHED_OUTPUTS:
+            binding.bind_output(name)
+        for past, present, array in zip(self._past, self._present, kv.arrays):
+            value = self._ort.OrtValue.ortvalue_from_numpy(array)
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        self._session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0].numpy(), outputs[1].numpy()
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

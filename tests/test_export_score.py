@@ -98,16 +98,23 @@ def test_manifest_records_what_was_exported(fp32_export):
     v = data["validation"]
     assert v["passed"] and v["max_abs_step"] <= 1e-4 and v["spearman_trajectory"] >= 0.999
     assert data["source"]["layout"] == "scalar-head"
-    assert data["inputs"] == ["input_ids", "attention_mask", "step_index"]
+    assert data["format_version"] == 2 and data["cache"] == {"layers": 2, "kv_heads": 2, "head_dim": 16,
+                                                             "dtype": "float32"}
+    assert data["inputs"] == ["input_ids", "attention_mask", "past_length", "past_key_values.0.key",
+                              "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value"]
+    assert v["max_abs_chunked"] <= 1e-5 and data["token_independent"] is True
 
 
 def test_graph_has_no_hidden_state_output(fp32_export):
+    """Two scalars per token and the K/V buffers leave the graph, never a [B,T,H] hidden state."""
     import onnx
 
     g = onnx.load(str(fp32_export / "model.onnx"), load_external_data=False).graph
     outs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in g.output}
-    assert set(outs) == {"step_rewards", "trajectory_reward"}
-    assert len(outs["step_rewards"]) == 2 and len(outs["trajectory_reward"]) == 1
+    assert set(outs) == {"token_step_rewards", "token_trajectory_rewards", "present.0.key", "present.0.value",
+                         "present.1.key", "present.1.value"}
+    assert len(outs["token_step_rewards"]) == 2 and len(outs["token_trajectory_rewards"]) == 2
+    assert outs["present.0.key"][1:2] + outs["present.0.key"][3:] == [2, 16]  # [B, kv_heads, C, head_dim]
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])

@@ -72,9 +72,9 @@ def test_fit_promotes_linears_until_the_simulation_is_within_tolerance(outlier_c
     from rfedge_export.validate import reference_rewards
 
     ckpt = outlier_ckpt(30)
-    prm, tokenizer = load_scalar_prm(resolve_source(str(ckpt))), TraceTokenizer(ckpt / "tokenizer.json")
+    prm, tokenizer = load_scalar_prm(resolve_source(str(ckpt))), TraceTokenizer(ckpt / "tokenizer.json", 1024)
     traces = builtin_traces()[:4]
-    references = reference_rewards(prm, tokenizer, traces, 1024)
+    references = reference_rewards(prm, tokenizer, traces)
     encoded = [(e.ids, e.step_tokens) for e in map(tokenizer.encode, traces)]
     _, formats, errors = smooth_and_select(prm.body, [ids for ids, _ in encoded], 1.0, 1.0)
     fitted, summary = fit_formats(prm, references, encoded, formats, errors, Tolerance(tolerance, tolerance, 0.0))

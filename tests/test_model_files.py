@@ -45,14 +45,16 @@ def test_missing_tokenizer_is_refused(model_copy):
     assert _error(model_copy) == f"{model_copy / 'tokenizer.json'}: listed in rfedge.json but missing; re-export the model"
 
 
-def test_extra_graph_file_is_refused(model_copy):
-    shutil.copyfile(model_copy / "model.onnx", model_copy / "other.onnx")
-    assert _error(model_copy) == (f"{model_copy / 'other.onnx'}: graph file not listed in rfedge.json; "
-                                  "remove it or re-export the model")
+@pytest.mark.parametrize("name", ["other.onnx", "w.bin", "notes.txt"])
+def test_any_unlisted_file_is_refused(model_copy, name):
+    """A graph can read external data under any name: only listed (hashed) files may be there."""
+    shutil.copyfile(model_copy / "model.onnx", model_copy / name)
+    assert _error(model_copy) == (f"{model_copy / name}: not listed in rfedge.json; a model directory holds only its "
+                                  "export's files: remove it or re-export the model")
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda d: d.update(format_version=99), "manifest format_version 99 is not supported by this rfedge (supports 1); "
+    (lambda d: d.update(format_version=99), "manifest format_version 99 is not supported by this rfedge (supports 1, 2); "
                                             "upgrade rfedge or re-export the model"),
     (lambda d: d.pop("max_length"), "malformed manifest, field 'max_length' is missing; re-export the model"),
     (lambda d: d.update(format="other"), "not an rfedge manifest (format must be 'rfedge-model')"),
@@ -79,12 +81,12 @@ def test_graph_outputs_must_match_manifest(model_copy):
 
 
 def test_unloadable_graph_is_one_line(model_copy):
-    from rfedge.manifest import write_manifest
+    from rfedge.manifest import manifest_body, write_manifest
 
     (model_copy / "model.onnx").write_bytes(b"not a graph")
     data = json.loads((model_copy / "rfedge.json").read_text())
     data.pop("files")
-    write_manifest(model_copy, data)
+    write_manifest(model_copy, manifest_body(model_copy, data))
     msg = _error(model_copy)
     assert msg.startswith(f"{model_copy / 'model.onnx'}: ONNX Runtime ") and "\n" not in msg
 

@@ -117,21 +117,27 @@ def test_threads_share_one_scorer(scorer):
             assert all(abs(x["reward"] - y["reward"]) <= 1e-5 for x, y in zip(a["steps"], b["steps"]))
 
 
-def test_huge_trace_stays_within_max_length(scorer, monkeypatch):
+def _watch(scorer, monkeypatch) -> list:
+    """Record (new tokens shape, cache capacity) of every graph call."""
     seen = []
-    run = scorer.session.run
-    monkeypatch.setattr(scorer.session, "run", lambda ids, m, s: seen.append(ids.shape) or run(ids, m, s))
+    run = scorer.session.run_cached
+    monkeypatch.setattr(scorer.session, "run_cached",
+                        lambda ids, m, p, kv: seen.append((ids.shape, kv.capacity)) or run(ids, m, p, kv))
+    return seen
+
+
+def test_huge_trace_stays_within_max_length(scorer, monkeypatch):
+    seen = _watch(scorer, monkeypatch)
     r = scorer.score({"problem": "x", "trajectory": ["word " * 5000, "more"], "response": "end"})
-    assert r.truncated and seen == [(1, scorer.manifest.max_length)]
+    n = scorer.manifest.max_length
+    assert r.truncated and seen == [((1, n), n)]
     assert [s.reward is None for s in r.steps] == [True, True, True]
 
 
 def test_batch_token_budget_bounds_padded_batch(fp32_export, monkeypatch):
     from rfedge.synth import generate
 
-    scorer = Scorer.load(fp32_export, device="cpu", batch_size=64, batch_tokens=600)
-    seen = []
-    run = scorer.session.run
-    monkeypatch.setattr(scorer.session, "run", lambda ids, m, s: seen.append(ids.shape) or run(ids, m, s))
+    scorer = Scorer.load(fp32_export, device="cpu", batch_size=64, batch_tokens=600, cache_bytes=0)
+    seen = _watch(scorer, monkeypatch)
     scorer.score_many(list(generate("arith", 40, seed=1)))
-    assert seen and all(b * t <= 600 for b, t in seen)
+    assert len(seen) > 1 and all(b * capacity <= 600 for (b, _), capacity in seen)

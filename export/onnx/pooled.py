@@ -1,10 +1,16 @@
-"""The torch module that becomes the ONNX graph: Qwen2 body + in-graph step-boundary pooling.
+"""The torch module that becomes the ONNX graph: Qwen2 body over a K/V cache, rewards at every token.
 
-Inputs ``input_ids`` [B,T], ``attention_mask`` [B,T] (right padding), ``step_index`` [B,S] (-1 pads);
-outputs ``step_rewards`` [B,S] (NaN where step_index is -1 or past the row's length) and ``trajectory_reward`` [B].
-Only the [B,S,H] boundary states are gathered and normed: no [B,T,H] output, no lm_head, no cache.
-With right padding and causal attention, real positions never see padding, so no padding mask is
-needed inside attention and results do not depend on batch composition.
+Inputs: ``input_ids`` and ``attention_mask`` [B,S] (the new tokens, right-padded), ``past_length``
+[B] (positions already in the cache), and per layer a cache buffer ``past_key_values.{i}.key`` /
+``.value`` [B, kv_heads, C, head_dim] with C >= past_length + S. Outputs: ``token_step_rewards`` and
+``token_trajectory_rewards`` [B,S] (the step head and the trajectory head, sigmoid, on the final
+normed hidden state of every new token: the reward of the prefix that ends there), and
+``present.{i}.key`` / ``.value``, the buffers with the new tokens written in.
+
+One graph serves every use: a whole trace is one call with an empty past; a long trace or a trace
+whose prefix is cached is a call per chunk with the cache so far. No [B,T,H] state leaves the
+graph, only two scalars per token. With right padding and causal attention, real positions never
+see padding, so results do not depend on batch composition or on how a trace is cut into chunks.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import causal_gqa
+from .attention import cached_gqa
 
 
 def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -24,6 +30,12 @@ def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, d: int) -> torch.Tensor:
+    B, S, _ = x.shape
+    x = x.view(B, S, heads, d).transpose(1, 2)
+    return (x * cos + _rotate_half(x) * sin).transpose(1, 2).reshape(B, S, heads * d)
 
 
 class PooledPRM(nn.Module):
@@ -40,36 +52,36 @@ class PooledPRM(nn.Module):
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
-    def _attention(self, layer: nn.Module, h: torch.Tensor, cos, sin) -> torch.Tensor:
-        B, T, _ = h.shape
+    def _attention(self, layer: nn.Module, h, cos, sin, past_k, past_v, past_length, lengths):
         attn = layer.self_attn
-        q = attn.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q = (q * cos + _rotate_half(q) * sin).transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-        k = (k * cos + _rotate_half(k) * sin).transpose(1, 2).reshape(B, T, self.n_kv * self.head_dim)
-        o = causal_gqa(q, k, attn.v_proj(h), self.n_heads, self.n_kv)
-        return attn.o_proj(o)
+        q = _rotary(attn.q_proj(h), cos, sin, self.n_heads, self.head_dim)
+        k = _rotary(attn.k_proj(h), cos, sin, self.n_kv, self.head_dim)
+        o, present_k, present_v = cached_gqa(q, k, attn.v_proj(h), past_k, past_v, past_length, lengths,
+                                             self.n_heads, self.n_kv)
+        return attn.o_proj(o), present_k, present_v
 
-    def forward(self, input_ids, attention_mask, step_index):
-        B, T = input_ids.shape
+    def forward(self, input_ids, attention_mask, past_length, *past):
+        S = input_ids.shape[1]
         x = self.embed_tokens(input_ids)
-        positions = torch.arange(T, device=input_ids.device).unsqueeze(0)
+        positions = past_length.unsqueeze(1) + torch.arange(S, device=input_ids.device).unsqueeze(0)
         cos, sin = self.rotary_emb(x, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        for layer in self.layers:
-            x = x + self._attention(layer, _rms(x, layer.input_layernorm), cos, sin)
+        lengths = attention_mask.sum(-1)
+        presents = []
+        for i, layer in enumerate(self.layers):
+            o, present_k, present_v = self._attention(layer, _rms(x, layer.input_layernorm), cos, sin,
+                                                      past[2 * i], past[2 * i + 1], past_length, lengths)
+            presents += [present_k, present_v]
+            x = x + o
             h = _rms(x, layer.post_attention_layernorm)
             mlp = layer.mlp
             x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
-        H = x.shape[-1]
-        lengths = attention_mask.sum(-1)
-        last = (lengths - 1).clamp(min=0)
-        traj_h = _rms(torch.gather(x, 1, last.view(B, 1, 1).expand(B, 1, H)).squeeze(1), self.norm)
-        trajectory = torch.sigmoid(self.head(traj_h).squeeze(-1))
-        S = step_index.shape[1]
-        valid = (step_index >= 0) & (step_index < lengths.unsqueeze(-1))
-        idx = torch.where(valid, step_index, torch.zeros_like(step_index)).unsqueeze(-1).expand(B, S, H)
-        step_h = _rms(torch.gather(x, 1, idx), self.norm)
-        step = torch.sigmoid(self.step_head(step_h).squeeze(-1))
-        step = torch.where(valid, step, torch.full_like(step, float("nan")))
-        return step, trajectory
+        final = _rms(x, self.norm)
+        step = torch.sigmoid(self.step_head(final).squeeze(-1))
+        trajectory = torch.sigmoid(self.head(final).squeeze(-1))
+        return (step, trajectory, *presents)
+
+    def empty_cache(self, batch: int, capacity: int) -> list[torch.Tensor]:
+        """Zeroed cache buffers for every layer (key, value, key, value, ...)."""
+        shape = (batch, self.n_kv, capacity, self.head_dim)
+        return [torch.zeros(shape) for _ in range(2 * len(self.layers))]

@@ -1,4 +1,4 @@
-"""torch -> ONNX: the pooled PRM module exported with dynamic batch, sequence and step axes."""
+"""torch -> ONNX: the pooled PRM module with dynamic batch, new-token and cache-capacity axes."""
 
 from __future__ import annotations
 
@@ -7,29 +7,39 @@ import io
 import warnings
 from pathlib import Path
 
-from rfedge.manifest import INPUTS, OUTPUTS
+from rfedge.interface import cached_io
 
 EXTERNAL_DATA_BYTES = 1 << 30  # above this the weights go to model.onnx.data
 OPSET = 20
 
 
+def example_inputs(module) -> tuple:
+    """Two rows with different pasts, new tokens right-padded in one (values only shape the trace)."""
+    import torch
+
+    ids = torch.tensor([[16, 17, 18, 19, 20, 271, 9707, 1879]], dtype=torch.long).repeat(2, 1)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    past_length = torch.tensor([3, 4], dtype=torch.long)
+    return (ids, mask, past_length, *module.empty_cache(2, 12))
+
+
 def export_onnx(module, out_path: Path, param_bytes: int) -> Path:
-    """Export ``module`` (a :class:`~rfedge_export.graph.PooledPRM`) to ``out_path``."""
+    """Export ``module`` (a :class:`~rfedge_export.onnx.pooled.PooledPRM`) to ``out_path``."""
     import torch
 
     from .attention import translation_table
 
-    ids = torch.tensor([[16, 17, 18, 19, 20, 271, 9707, 1879]], dtype=torch.long).repeat(2, 1)
-    mask = torch.ones_like(ids)
-    steps = torch.tensor([[2, 5, 7], [4, -1, -1]], dtype=torch.long)
-    batch, seq, nsteps = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("steps")
+    args = example_inputs(module)
+    inputs, outputs = cached_io(len(module.layers))
+    batch, seq, capacity = torch.export.Dim("batch"), torch.export.Dim("seq"), torch.export.Dim("capacity")
+    cache_axes = [{0: batch, 2: capacity}] * (len(args) - 3)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, (ids, mask, steps), dynamo=True, input_names=list(INPUTS),
-            output_names=list(OUTPUTS), opset_version=OPSET, optimize=True, verbose=False,
-            custom_translation_table=translation_table(),
-            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: nsteps}))
+            module, args, dynamo=True, input_names=inputs, output_names=outputs, opset_version=OPSET,
+            optimize=True, verbose=False, custom_translation_table=translation_table(),
+            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch}, tuple(cache_axes)))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(out_path), external_data=param_bytes > EXTERNAL_DATA_BYTES)
     del program

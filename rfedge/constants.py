@@ -1,0 +1,31 @@
+"""Every name and number the runtime shares with the export side, written once.
+
+The export tooling (``rfedge_export``) imports these too; nothing here imports anything.
+"""
+
+from __future__ import annotations
+
+# Qwen2.5 tokenization
+PAD_TOKEN_ID = 151643  # <|endoftext|>, Qwen2.5's eos and pad token
+
+# The rendering contract (see rfedge.steps and rfedge.traces)
+STEP_SEPARATOR = "\n\n"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+SECTIONS = ("thinking", "response")
+
+# A model directory
+MANIFEST_NAME = "rfedge.json"
+GRAPH_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+FORMAT_NAME = "rfedge-model"
+
+# Choices offered by the commands
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+DEVICES = ("auto", "cpu", "cuda")  # where the runtime scores (ONNX Runtime providers)
+TORCH_DEVICES = ("cpu", "cuda")  # where the export tooling runs torch models
+
+# Scoring defaults (Scorer.load and rfedge score)
+DEFAULT_ALPHA = 1.0
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_TOKENS = 16384
