@@ -5,9 +5,7 @@ in with a weight. The step head (a small MLP over the final hidden state at each
 trained with BCE on soft targets. With the backbone frozen (the default) the trajectory head's
 outputs cannot move, and the boundary states are computed once; ``--unfreeze-layers N`` trains the
 top N layers too, with a term holding each trace's final hidden state at its last token (all that
-the trajectory head reads) where it was: relative MSE, weighted by ``trajectory_weight``. (Holding
-only the trajectory reward itself let the ranking of trajectories drift on the demo pair: held-out
-trajectory AUROC 0.973 against 0.9997 with the state held.)
+the trajectory head reads) where it was: relative MSE, weighted by ``trajectory_weight``.
 
 Output: the student directory in the 1.5B layout plus ``step_head.safetensors`` and
 ``distill.json``; ``rfedge export`` on it puts the step head into the graph.
@@ -17,21 +15,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rfedge.batching import pad_right
+from rfedge.constants import TOKENIZER_FILE
 from rfedge.errors import UsageError
-from rfedge.steps import boundary_tokens, split_steps
+from rfedge.tokenization import TraceTokenizer
 from rfedge.traces import read_traces
 
 from .checkpoint.heads import make_step_head
-from .parity.run import RewardCache, _cache_key
-
-STEP_HEAD_FILE = "step_head.safetensors"
+from .checkpoint.source import STEP_HEAD_FILE
+from .parity.cache import RewardCache
+from .progress import log as _log
+from .progress import progress
 
 
 @dataclass(frozen=True)
@@ -49,44 +49,35 @@ class DistillConfig:
     seed: int = 0
 
 
-def _log(msg):
-    print(msg, file=sys.stderr, flush=True)
+@dataclass
+class Example:
+    ids: np.ndarray  # token ids, truncated to max length
+    positions: list[int]  # boundary tokens of the steps with a target
+    targets: list[float]
 
 
-def teacher_targets(traces, reference, cache: RewardCache, progress=None):
+def teacher_targets(traces, reference, cache: RewardCache, progress=None) -> list[dict]:
     """Per trace: {(section, index): teacher step reward}."""
-    out = []
-    for t in (progress(traces) if progress else traces):
-        key = _cache_key(reference, t)
-        row = cache.get(key)
-        if row is None:
-            r = reference.score_trace(t)
-            row = cache.put(key, [list(s) for s in r.steps], r.trajectory)
-        out.append({(s, i): x for s, i, x in row["steps"]})
-    return out
+    return [{(s, i): x for s, i, x in cache.rewards(reference, t)["steps"]}
+            for t in (progress(traces) if progress else traces)]
 
 
-def _examples(traces, targets, tk, cfg: DistillConfig, label_weight: float):
-    """(ids, boundary tokens, soft targets, target weights) per trace, truncated to max length."""
+def examples(traces, targets, tokenizer: TraceTokenizer, label_weight: float) -> list[Example]:
+    """Boundary tokens and soft targets per trace, encoded as the runtime encodes them."""
     out = []
-    for trace, tgt in zip(traces, targets):
-        enc = tk.encode(trace.text, add_special_tokens=False)
-        steps = split_steps(trace.problem, trace.completion)
-        starts = np.array([o[0] for o in enc.offsets], dtype=np.int64)
-        toks = boundary_tokens(steps, starts)
-        n = min(len(enc.ids), cfg.max_length)
-        pos, y, w = [], [], []
-        for k, (s, tok) in enumerate(zip(steps, toks)):
-            if tok >= n or (s.section, s.index) not in tgt:
+    for trace, tgt in zip(traces, targets, strict=True):
+        enc = tokenizer.encode(trace)
+        pos, y = [], []
+        for k, (s, tok) in enumerate(zip(enc.steps, enc.step_tokens, strict=True)):
+            if tok >= len(enc.ids) or (s.section, s.index) not in tgt:
                 continue
-            target, weight = tgt[(s.section, s.index)], 1.0
+            target = tgt[(s.section, s.index)]
             if label_weight > 0 and trace.labels is not None and k < len(trace.labels):
                 target = (target + label_weight * trace.labels[k]) / (1 + label_weight)
             pos.append(int(tok))
             y.append(float(target))
-            w.append(weight)
         if pos:
-            out.append((enc.ids[:n], pos, y, w))
+            out.append(Example(enc.ids, pos, y))
     return out
 
 
@@ -96,8 +87,7 @@ def checkpoint_layers(layers) -> None:
 
     Not transformers' ``gradient_checkpointing_enable``: it also makes the embeddings' output require
     grad, so every frozen layer below keeps its activations for a backward that never needs them,
-    and it does nothing in eval mode (measured on an H200, 1.5B shape, 4 x 2,689 tokens, top 2
-    layers trained: 34.5 GB peak that way)."""
+    and it does nothing in eval mode."""
     import functools
 
     from torch.utils.checkpoint import checkpoint
@@ -106,178 +96,202 @@ def checkpoint_layers(layers) -> None:
         layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
 
 
+class _Student:
+    """The body with its top layers trainable (fp32 master weights) and the new step head."""
+
+    def __init__(self, prm, cfg: DistillConfig):
+        import torch
+
+        self.cfg, self.body = cfg, prm.body.to(cfg.device)
+        layers = self.body.layers
+        if not 0 <= cfg.unfreeze_layers <= len(layers):
+            raise UsageError(f"--unfreeze-layers {cfg.unfreeze_layers} is outside 0..{len(layers)}")
+        self.head = make_step_head(self.body.config.hidden_size, cfg.head).to(cfg.device)
+        for p in self.body.parameters():
+            p.requires_grad_(False)
+        first = len(layers) - cfg.unfreeze_layers
+        top = list(layers)[first:]
+        self.trainable = list(self.head.parameters())
+        for module in top + ([self.body.norm] if cfg.unfreeze_layers else []):
+            module.float()  # a bf16 AdamW step rounds small updates away
+            for p in module.parameters():
+                p.requires_grad_(True)
+                self.trainable.append(p)
+        self.tuned_keys = [k for k in self.body.state_dict() if (k.startswith("norm.") and cfg.unfreeze_layers) or any(
+            k.startswith(f"layers.{j}.") for j in range(first, len(layers)))]
+        if cfg.unfreeze_layers and cfg.device == "cuda":
+            checkpoint_layers(top)
+        self.autocast = torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
+        self.opt = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=0.0)
+
+    def states(self, ids_list, grad: bool):
+        """Final hidden states [n, T, H] of a right-padded batch, and its mask."""
+        import torch
+
+        ids, mask = (torch.from_numpy(a).to(self.cfg.device) for a in pad_right(ids_list))
+        with torch.set_grad_enabled(grad), self.autocast:
+            # use_cache=False: a KV cache would grow on recompute
+            return self.body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state, mask
+
+    def step(self, loss) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def save_checkpoint(self, ckpt: Path, epoch: int) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        ckpt.mkdir(parents=True, exist_ok=True)
+        save_file(_cpu(self.head.state_dict()), str(ckpt / STEP_HEAD_FILE))
+        if self.cfg.unfreeze_layers:
+            state = self.body.state_dict()
+            save_file(_cpu({k: state[k] for k in self.tuned_keys}), str(ckpt / "body.safetensors"))
+        torch.save({"epoch": epoch, "optimizer": self.opt.state_dict()}, str(ckpt / "state.pt"))
+
+    def resume(self, ckpt: Path) -> int:
+        """Load a checkpoint written by :meth:`save_checkpoint`; the first epoch still to run."""
+        import torch
+        from safetensors.torch import load_file
+
+        state = torch.load(str(ckpt / "state.pt"), map_location=self.cfg.device, weights_only=True)
+        self.head.load_state_dict(load_file(str(ckpt / STEP_HEAD_FILE)))
+        if self.cfg.unfreeze_layers:
+            self.body.load_state_dict(load_file(str(ckpt / "body.safetensors")), strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        return int(state["epoch"]) + 1
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _frozen_epoch(student: _Student, feats, ys, rng) -> float:
+    """One epoch of the step head on boundary states computed once (the frozen backbone)."""
+    import torch
+
+    bce, cfg, total = torch.nn.functional.binary_cross_entropy_with_logits, student.cfg, 0.0
+    order = torch.as_tensor(rng.permutation(len(feats)))
+    for i in range(0, len(order), cfg.batch_size):
+        idx = order[i:i + cfg.batch_size]
+        logits = student.head(feats[idx].to(cfg.device)).squeeze(-1)
+        total += student.step(bce(logits, ys[idx].to(cfg.device))) * len(idx)
+    return total / max(len(feats), 1)
+
+
+def _unfrozen_epoch(student: _Student, data: list[Example], held, rng) -> float:
+    """One epoch through the top layers: step BCE + relative MSE holding the last token's state."""
+    import torch
+
+    bce, cfg, total = torch.nn.functional.binary_cross_entropy_with_logits, student.cfg, 0.0
+    order = rng.permutation(len(data))
+    bs = max(1, cfg.batch_size // 16)
+    for i in range(0, len(order), bs):
+        chunk = [data[j] for j in order[i:i + bs]]
+        h, mask = student.states([e.ids for e in chunk], grad=True)
+        logits = torch.cat([student.head(h[b, e.positions].float()).squeeze(-1) for b, e in enumerate(chunk)])
+        loss = bce(logits, torch.tensor([v for e in chunk for v in e.targets], device=cfg.device))
+        now = h[torch.arange(len(chunk)), mask.sum(-1) - 1].float()
+        keep = torch.stack([held[j] for j in order[i:i + bs]])
+        loss = loss + cfg.trajectory_weight * ((now - keep) ** 2).mean() / (keep ** 2).mean()
+        total += student.step(loss) * len(chunk)
+    return total / max(len(data), 1)
+
+
+def _features(student: _Student, data: list[Example]):
+    """Frozen: (boundary states, targets). Unfrozen: the last token's final state per trace, to hold."""
+    import torch
+
+    if student.cfg.unfreeze_layers:
+        with torch.no_grad():
+            return [student.states([e.ids], grad=False)[0][0, -1].float()
+                    for e in progress(data, "trajectory states", "trace")]
+    fs, ys = [], []
+    for i in progress(range(0, len(data), 16), "boundary states", "batch"):
+        chunk = data[i:i + 16]
+        h, _ = student.states([e.ids for e in chunk], grad=False)
+        for b, e in enumerate(chunk):
+            fs.append(h[b, e.positions].float())
+            ys += e.targets
+    return torch.cat(fs), torch.tensor(ys)
+
+
+def _write_student(src, student: _Student, out: Path) -> None:
+    """The student's files, the updated body (only trained tensors replace the source's: frozen ones
+    stay bit-exact in fp32) and the new step head."""
+    from safetensors.torch import save_file
+
+    unfrozen = student.cfg.unfreeze_layers > 0
+    for f in src.path.iterdir():
+        weights = f.suffix == ".safetensors" and f.name != "reward_head.safetensors"
+        if f.is_file() and f.name != STEP_HEAD_FILE and not (unfrozen and weights):
+            shutil.copyfile(f, out / f.name)
+    if unfrozen:
+        from transformers import Qwen2ForCausalLM
+
+        import torch
+
+        lm = Qwen2ForCausalLM.from_pretrained(str(src.path), dtype=torch.float32)
+        state = student.body.state_dict()
+        lm.model.load_state_dict({k: state[k].detach().float().cpu() for k in student.tuned_keys}, strict=False)
+        lm.save_pretrained(out, safe_serialization=True)
+    save_file(_cpu(student.head.state_dict()), str(out / STEP_HEAD_FILE))
+
+
 def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig = DistillConfig(),
             teacher_layout: str | None = None, resume: bool = False, log=_log) -> dict:
     import torch
-    from safetensors.torch import load_file, save_file
-    from tokenizers import Tokenizer
-    from tqdm import tqdm
 
-    from .parity.references import load_reference
     from .checkpoint.source import load_scalar_prm, resolve_source
+    from .parity.references import load_reference
 
-    out = Path(out)
-    ckpt_dir = out / "checkpoint"
+    out, t0 = Path(out), time.time()
     if out.exists() and not resume and any(out.iterdir()):
         raise UsageError(f"{out}: exists; pass --resume to continue it or choose another --out")
     torch.manual_seed(cfg.seed)
-    t0 = time.time()
     traces = read_traces(data)
     src = resolve_source(student)
     prm = load_scalar_prm(src, cfg.dtype, attn="sdpa")  # no [T, T] score tensors in training memory
     if prm.step_head is not None:
         log(f"rfedge distill: {src.id} already has a step head; it is replaced")
-    tk = Tokenizer.from_file(str(src.path / "tokenizer.json"))
     log(f"rfedge distill: teacher step rewards for {len(traces)} traces from {teacher}")
     reference = load_reference(teacher, teacher_layout, cfg.dtype, cfg.device)
-    cache = RewardCache(out / "teacher_cache.jsonl")
-    targets = teacher_targets(traces, reference, cache,
-                              lambda xs: tqdm(xs, desc="teacher", unit="trace", file=sys.stderr))
+    targets = teacher_targets(traces, reference, RewardCache(out / "teacher_cache.jsonl"),
+                              lambda xs: progress(xs, "teacher"))
     del reference
-    examples = _examples(traces, targets, tk, cfg, cfg.label_weight)
-    if not examples:
+    data_ex = examples(traces, targets, TraceTokenizer(src.path / TOKENIZER_FILE, cfg.max_length), cfg.label_weight)
+    if not data_ex:
         raise UsageError(f"{data}: no step of any trace has a teacher reward to learn from")
-    body = prm.body.to(cfg.device)
-    hidden = body.config.hidden_size
-    step_head = make_step_head(hidden, cfg.head).to(cfg.device)
-    layers = body.layers
-    if not 0 <= cfg.unfreeze_layers <= len(layers):
-        raise UsageError(f"--unfreeze-layers {cfg.unfreeze_layers} is outside 0..{len(layers)}")
-    for p in body.parameters():
-        p.requires_grad_(False)
-    # Trained modules keep fp32 master weights (a bf16 AdamW step rounds small updates away); with
-    # --dtype bf16 the frozen layers stay bf16 and the forward runs under bf16 autocast.
-    first_tuned = len(layers) - cfg.unfreeze_layers
-    top_layers = list(layers)[first_tuned:]
-    tuned = top_layers + ([body.norm] if cfg.unfreeze_layers else [])
-    trainable = list(step_head.parameters())
-    for module in tuned:
-        module.float()
-        for p in module.parameters():
-            p.requires_grad_(True)
-            trainable.append(p)
-    tuned_keys = [k for k in body.state_dict() if (k.startswith("norm.") and cfg.unfreeze_layers) or any(
-        k.startswith(f"layers.{j}.") for j in range(first_tuned, len(layers)))]
-    if cfg.unfreeze_layers and cfg.device == "cuda":
-        checkpoint_layers(top_layers)
-    autocast = torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
-    start_epoch = 0
-    if resume and (ckpt_dir / "state.pt").is_file():
-        state = torch.load(str(ckpt_dir / "state.pt"), map_location=cfg.device, weights_only=True)
-        step_head.load_state_dict(load_file(str(ckpt_dir / STEP_HEAD_FILE)))
-        if cfg.unfreeze_layers:
-            body.load_state_dict(load_file(str(ckpt_dir / "body.safetensors")), strict=False)
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"]) + 1
-        log(f"rfedge distill: resuming after epoch {start_epoch}")
-
-    def states(ids_list, grad: bool):
-        """Final hidden states [n, T, H] of a right-padded batch."""
-        T = max(len(x) for x in ids_list)
-        ids = torch.full((len(ids_list), T), 151643, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, x in enumerate(ids_list):
-            ids[b, :len(x)] = torch.tensor(x)
-            mask[b, :len(x)] = 1
-        with torch.set_grad_enabled(grad), autocast:
-            return body(input_ids=ids.to(cfg.device), attention_mask=mask.to(cfg.device),
-                        use_cache=False).last_hidden_state, mask  # a KV cache would grow on recompute
-
-    # Frozen backbone: boundary states once. Unfrozen: the last token's final state, to hold in place.
-    feats = ys = ws = None
-    traj_state = []
-    if cfg.unfreeze_layers == 0:
-        fs, yy, ww = [], [], []
-        for i in tqdm(range(0, len(examples), 16), desc="boundary states", file=sys.stderr):
-            chunk = examples[i:i + 16]
-            h, _ = states([e[0] for e in chunk], grad=False)
-            for b, (_, pos, y, w) in enumerate(chunk):
-                fs.append(h[b, pos].float())
-                yy += y
-                ww += w
-        feats, ys, ws = torch.cat(fs), torch.tensor(yy), torch.tensor(ww)
-    else:
-        with torch.no_grad():
-            for e in tqdm(examples, desc="trajectory states", file=sys.stderr):
-                h, _ = states([e[0]], grad=False)
-                traj_state.append(h[0, -1].float())
-
-    history, optimizer_steps, t_train = [], 0, time.time()
+    model = _Student(prm, cfg)
+    ckpt = out / "checkpoint"
+    start = model.resume(ckpt) if resume and (ckpt / "state.pt").is_file() else 0
+    if start:
+        log(f"rfedge distill: resuming after epoch {start}")
+    feats = _features(model, data_ex)
+    history, steps_before, t_train = [], _optimizer_steps(model.opt), time.time()
     if cfg.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
     rng = np.random.default_rng(cfg.seed)
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="distilling", file=sys.stderr)
+    bar = progress(range(start, cfg.epochs), "distilling", "epoch")
     for epoch in bar:
-        total, count = 0.0, 0
-        if feats is not None:
-            order = torch.as_tensor(rng.permutation(len(feats)))
-            for i in range(0, len(order), cfg.batch_size):
-                idx = order[i:i + cfg.batch_size]
-                logits = step_head(feats[idx].to(cfg.device)).squeeze(-1)
-                loss = (bce(logits, ys[idx].to(cfg.device), reduction="none") * ws[idx].to(cfg.device)).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                optimizer_steps += 1
-                total += loss.item() * len(idx)
-                count += len(idx)
-        else:
-            order = rng.permutation(len(examples))
-            bs = max(1, cfg.batch_size // 16)
-            for i in range(0, len(order), bs):
-                chunk = [examples[j] for j in order[i:i + bs]]
-                h, mask = states([e[0] for e in chunk], grad=True)
-                logits = torch.cat([step_head(h[b, e[1]].float()).squeeze(-1) for b, e in enumerate(chunk)])
-                y = torch.tensor([v for e in chunk for v in e[2]], device=cfg.device)
-                loss = bce(logits, y)
-                last = mask.sum(-1) - 1
-                now = h[torch.arange(len(chunk)), last].float()
-                keep = torch.stack([traj_state[j] for j in order[i:i + bs]])
-                loss = loss + cfg.trajectory_weight * ((now - keep) ** 2).mean() / (keep ** 2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                optimizer_steps += 1
-                total += loss.item() * len(chunk)
-                count += len(chunk)
-        history.append(total / max(count, 1))
+        history.append(_unfrozen_epoch(model, data_ex, feats, rng) if cfg.unfreeze_layers
+                       else _frozen_epoch(model, *feats, rng))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in step_head.state_dict().items()},
-                  str(ckpt_dir / STEP_HEAD_FILE))
-        if cfg.unfreeze_layers:
-            state = body.state_dict()
-            save_file({k: state[k].detach().cpu().contiguous() for k in tuned_keys}, str(ckpt_dir / "body.safetensors"))
-        torch.save({"epoch": epoch, "optimizer": opt.state_dict()}, str(ckpt_dir / "state.pt"))
-
+        model.save_checkpoint(ckpt, epoch)
     t_train_end = time.time()
-    # The output: the student's files, the (possibly) updated body, and the new step head.
-    for f in src.path.iterdir():
-        if f.is_file() and f.name != STEP_HEAD_FILE and not (cfg.unfreeze_layers and f.suffix == ".safetensors"
-                                                             and f.name != "reward_head.safetensors"):
-            shutil.copyfile(f, out / f.name)
-    if cfg.unfreeze_layers:
-        from transformers import Qwen2ForCausalLM
-
-        # Only the trained tensors replace the source's: the frozen ones stay bit-exact in fp32.
-        lm = Qwen2ForCausalLM.from_pretrained(str(src.path), dtype=torch.float32)
-        state = body.state_dict()
-        lm.model.load_state_dict({k: state[k].detach().float().cpu() for k in tuned_keys}, strict=False)
-        lm.save_pretrained(out, safe_serialization=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in step_head.state_dict().items()}, str(out / STEP_HEAD_FILE))
-    info = {"distilled_from": {"teacher": teacher, "layout": reference_layout(teacher, teacher_layout)},
-            "student": src.id, "data": data, "traces": len(traces), "examples": len(examples),
-            "steps": int(sum(len(e[1]) for e in examples)), "config": asdict(cfg), "loss_history": history,
+    _write_student(src, model, out)
+    info = {"distilled_from": {"teacher": teacher, "layout": teacher_layout or resolve_source(teacher).layout},
+            "student": src.id, "data": data, "traces": len(traces), "examples": len(data_ex),
+            "steps": int(sum(len(e.positions) for e in data_ex)), "config": asdict(cfg), "loss_history": history,
             "seconds": round(time.time() - t0, 1), "train_seconds": round(t_train_end - t_train, 1),
-            "optimizer_steps": optimizer_steps,
+            "optimizer_steps": _optimizer_steps(model.opt) - steps_before,
             "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cfg.device == "cuda" else None}
     (out / "distill.json").write_text(json.dumps(info, indent=2))
     return info
 
 
-def reference_layout(teacher: str, layout: str | None) -> str:
-    from .checkpoint.source import resolve_source
-
-    return layout or resolve_source(teacher).layout
+def _optimizer_steps(opt) -> int:
+    """AdamW's step count (the same for every parameter it has state for)."""
+    steps = [int(s["step"]) for s in opt.state_dict()["state"].values() if "step" in s]
+    return max(steps, default=0)

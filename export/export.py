@@ -37,8 +37,9 @@ DEFAULT_MAX_LENGTH = 32768  # capped by the checkpoint's max_position_embeddings
 def _smooth_and_fit(prm, tokenizer, traces, references, rec, tol, log) -> tuple[dict, dict]:
     """Fold SmoothQuant scales into ``prm``, choose each linear's format, fit them to ``tol`` end to end."""
     from .quantize.fitting import fit_formats
-    from .quantize.recipes import EMBEDDING_BLOCK
-    from .quantize.smoothing import format_counts, smooth_and_select
+    from .quantize.embedding import EMBEDDING_BLOCK
+    from .quantize.formats import format_counts
+    from .quantize.smoothing import smooth_and_select
 
     encoded = [(e.ids, e.step_tokens[e.step_tokens < len(e.ids)]) for e in map(tokenizer.encode, traces)]
     log("      searching SmoothQuant scales and weight formats per layer on the calibration activations")

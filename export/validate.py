@@ -16,6 +16,7 @@ import numpy as np
 from rfedge.errors import ValidationError
 from rfedge.kvcache import KVBuffers
 
+from .bounds import Bound, failures
 from .checkpoint.rewards import scalar_rewards
 from .quantize.recipes import Tolerance
 
@@ -32,20 +33,22 @@ class ValidationReport:
     worst_step: str
     max_abs_chunked: float | None = None  # None: not checked (the recipe's tokens depend on each other)
 
+    def bounds(self) -> list[Bound]:
+        """The tolerance as bounds on what was measured (Spearman needs 3 traces; the chunked check
+        runs for recipes whose tokens are independent)."""
+        t = self.tolerance
+        out = [Bound("max_abs_step", "<=", t.max_abs_step, "step_rewards max |delta|"),
+               Bound("max_abs_trajectory", "<=", t.max_abs_trajectory, "trajectory_reward max |delta|")]
+        if self.spearman_trajectory is not None:
+            out.append(Bound("spearman_trajectory", ">=", t.min_spearman, "trajectory Spearman"))
+        if self.max_abs_chunked is not None:
+            out.append(Bound("max_abs_chunked", "<=", t.max_chunk_delta, "chunked scoring vs one pass, max |delta|"))
+        return out
+
     @property
     def failures(self) -> list[str]:
-        t = self.tolerance
-        out = []
-        if not self.max_abs_step <= t.max_abs_step:
-            out.append(f"- step_rewards: max |delta| {self.max_abs_step:.4g} > {t.max_abs_step:g} ({self.worst_step})")
-        if not self.max_abs_trajectory <= t.max_abs_trajectory:
-            out.append(f"- trajectory_reward: max |delta| {self.max_abs_trajectory:.4g} > {t.max_abs_trajectory:g}")
-        if self.spearman_trajectory is not None and not self.spearman_trajectory >= t.min_spearman:
-            out.append(f"- trajectory Spearman: {self.spearman_trajectory:.4f} < {t.min_spearman:g}")
-        if self.max_abs_chunked is not None and not self.max_abs_chunked <= t.max_chunk_delta:
-            out.append(f"- chunked scoring: max |delta| {self.max_abs_chunked:.4g} > {t.max_chunk_delta:g} "
-                       "from one pass (the cached graph differs with a K/V cache)")
-        return out
+        lines = failures(self.bounds(), asdict(self))
+        return [f"{line} ({self.worst_step})" if line.startswith("- step_rewards") else line for line in lines]
 
     def to_dict(self) -> dict:
         d = asdict(self)

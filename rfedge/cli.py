@@ -16,7 +16,7 @@ import click
 
 from .constants import (DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, DEVICES, PRECISIONS,
                         TORCH_DEVICES)
-from .errors import MissingExtraError, RfedgeError, TraceFormatError
+from .errors import MissingExtraError, RfedgeError
 from .scorer import DEFAULT_CACHE_BYTES
 from .output import AtomicOutput, Terminated, raise_on_termination
 from .registry import MODELS
@@ -105,6 +105,7 @@ def score(trace, model, device, batch_size, batch_tokens, alpha, threads, cache_
       cat traces.jsonl | rfedge score - --model ~/.cache/rfedge/models/gen-verse--reasonflux-prm-1.5b-int8
     """
     from .home import resolve_model
+    from .jobs import score_source
     from .scorer import Scorer
     from .traces import open_traces
 
@@ -116,21 +117,8 @@ def score(trace, model, device, batch_size, batch_tokens, alpha, threads, cache_
                err=True)
     if scorer.manifest.notice:
         click.echo(f"rfedge: note: {scorer.manifest.notice}", err=True)
-    failed = 0
     with AtomicOutput(output) as out:
-        if source.single:
-            record, result = next(scorer.score_records(source.records))
-            if isinstance(result, TraceFormatError):
-                raise result
-            out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
-        else:
-            for record, result in scorer.score_records(source.records):
-                if isinstance(result, TraceFormatError):
-                    failed += 1
-                    line = {"id": record.id, "error": str(result)} if record.id is not None else {"error": str(result)}
-                else:
-                    line = result.to_dict()
-                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        failed = score_source(scorer, source, out)
     if failed:
         click.echo(f"rfedge: {failed} record(s) could not be scored; see their 'error' fields", err=True)
         sys.exit(1)
@@ -298,54 +286,16 @@ def demo():
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Work directory.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps per model.")
 @click.option("--bundle", is_flag=True, help="Copy the INT8 student into the package as the default model.")
+@click.option("--reuse", is_flag=True, help="Keep the work directory's trained models (export and evaluate again).")
 @reports_errors
-def demo_build(out, steps, bundle):
+def demo_build(out, steps, bundle, reuse):
     """Train teacher and student from scratch, export the student (fp32, int8), evaluate.
 
     \b
     Example:
       rfedge demo build --out demo-work --bundle
     """
-    import dataclasses
-    import shutil
-
-    demo_mod = _export_extra("demo.train")
-    pipeline = _export_extra("export")
-    from .home import BUNDLED_DIR
-
-    out = Path(out)
-    config = demo_mod.DemoConfig()
-    if steps:
-        config = dataclasses.replace(config, steps=steps)
-    demo_mod.train_demo(out, config)
-    calibration = demo_mod.write_calibration(out / "calibration.jsonl")
-    for precision in ("fp32", "int8"):
-        pipeline.export_model(str(out / "student"), out / f"student-{precision}", precision=precision,
-                              max_length=1024, calibration=str(calibration), notice=demo_mod.DEMO_NOTICE,
-                              source_id="rfedge-demo-arith-student")
-    metrics = _demo_evaluate(demo_mod, out)
-    if bundle:
-        if BUNDLED_DIR.exists():
-            shutil.rmtree(BUNDLED_DIR)
-        shutil.copytree(out / "student-int8", BUNDLED_DIR)
-        click.echo(f"rfedge: bundled {out / 'student-int8'} as {BUNDLED_DIR}", err=True)
-    _demo_gate(metrics)
-
-
-def _demo_evaluate(demo_mod, out: Path, n: int = 400, seed: int | None = None) -> dict:
-    kwargs = {} if seed is None else {"seed": seed}
-    metrics = demo_mod.evaluate_demo(out / "teacher", out / "student-fp32", out / "student-int8", n=n, **kwargs)
-    (out / "quality.json").write_text(json.dumps(metrics, indent=2))
-    click.echo(demo_mod.quality_table(metrics))
-    return metrics
-
-
-def _demo_gate(metrics: dict) -> None:
-    from .errors import ValidationError
-
-    missed = [k for k, ok in metrics["passed"].items() if not ok]
-    if missed:
-        raise ValidationError(f"demo quality bounds missed: {', '.join(missed)} (see the table above)")
+    _export_extra("demo.build").build_demo(Path(out), steps, bundle, reuse, echo=click.echo)
 
 
 @demo.command("evaluate")
@@ -360,7 +310,8 @@ def demo_evaluate(workdir, n, seed):
     Example:
       rfedge demo evaluate demo-work --n 400
     """
-    _demo_gate(_demo_evaluate(_export_extra("demo.train"), Path(workdir), n, seed))
+    build = _export_extra("demo.build")
+    build.gate(build.evaluate(Path(workdir), n, seed, echo=click.echo))
 
 
 @main.command()

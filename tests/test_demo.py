@@ -66,7 +66,7 @@ def test_base_targets_sit_on_the_right_tokens(tokenizer_dir):
     equation, the running verdict everywhere (in the student's text and the teacher's chat format)."""
     from tokenizers import Tokenizer
 
-    from rfedge_export.demo.train import _base_example, _base_example_chat
+    from rfedge_export.demo.data import _base_example, _base_example_chat
     from rfedge_export.qwen_vocab import QWEN25_MATH_PRM_SPECIALS, build_tokenizer
 
     record = {"problem": "Start with 95. Then add 60 and add 84. What is the final number?",
@@ -90,7 +90,7 @@ def tiny_pair(tmp_path_factory, tokenizer_dir):
     """Untrained demo modules saved in the real layouts (training itself is the build command's job)."""
     import torch
 
-    from rfedge_export.demo.train import DemoConfig, _student_module, _teacher_module, save_student, save_teacher
+    from rfedge_export.demo.models import DemoConfig, _student_module, _teacher_module, save_student, save_teacher
     from rfedge_export.qwen_vocab import QWEN25_MATH_PRM_SPECIALS, write_tokenizer_files
 
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def test_bundled_model_manifest_and_size():
 @needs_bundle
 def test_bundled_model_accuracy_on_heldout_traces():
     from rfedge import Scorer
-    from rfedge_export.demo.train import auroc
+    from rfedge_export.parity.metrics import auroc
 
     records = list(generate("arith", 120, seed=98765))
     results = Scorer.load(BUNDLED_DIR, device="cpu").score_many(records)

@@ -11,7 +11,7 @@ from rfedge import Scorer
 def teacher_dir(tmp_path_factory):
     import torch
 
-    from rfedge_export.demo.train import DemoConfig, _teacher_module, save_teacher
+    from rfedge_export.demo.models import DemoConfig, _teacher_module, save_teacher
     from rfedge_export.qwen_vocab import QWEN25_MATH_PRM_SPECIALS, write_tokenizer_files
 
     root = tmp_path_factory.mktemp("distill-teacher")

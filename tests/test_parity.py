@@ -57,7 +57,7 @@ def math_tokenizer_dir(tmp_path_factory):
 def two_class_ckpt(tmp_path_factory, math_tokenizer_dir):
     import torch
 
-    from rfedge_export.demo.train import DemoConfig, _teacher_module, save_teacher
+    from rfedge_export.demo.models import DemoConfig, _teacher_module, save_teacher
 
     torch.manual_seed(1)
     t = _teacher_module(DemoConfig(hidden=32, layers=1, intermediate=64), range(10))

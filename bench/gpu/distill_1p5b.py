@@ -51,7 +51,7 @@ def build_student(path: Path, shape: dict, device: str) -> Path:
 
 def build_teacher(path: Path, math_tokenizer: Path) -> Path:
     import torch
-    from rfedge_export.demo.train import DemoConfig, _teacher_module, save_teacher
+    from rfedge_export.demo.models import DemoConfig, _teacher_module, save_teacher
 
     torch.manual_seed(3)
     t = _teacher_module(DemoConfig(hidden=32, layers=1, intermediate=64), range(10))

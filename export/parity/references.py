@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from rfedge.constants import TOKENIZER_FILE
 from rfedge.errors import UsageError
 
 from .chat import SEPARATOR_ID, render_prm_chat, step_texts
 
 DTYPES = ("fp32", "bf16")
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _separator_scorer(src, body, verdict, device: str):
     import torch
     from tokenizers import Tokenizer
 
-    tk = Tokenizer.from_file(str(src.path / "tokenizer.json"))
+    tk = Tokenizer.from_file(str(src.path / TOKENIZER_FILE))
 
     def score(trace) -> ReferenceRewards:
         steps = step_texts(trace)
@@ -70,7 +70,7 @@ def _separator_scorer(src, body, verdict, device: str):
         with torch.no_grad():
             h = body(input_ids=torch.tensor([ids], device=device)).last_hidden_state[0, pos]
             p = verdict(h).cpu().tolist()
-        return ReferenceRewards([(s, i, r) for (s, i, _), r in zip(steps, p)])
+        return ReferenceRewards([(s, i, r) for (s, i, _), r in zip(steps, p, strict=True)])
     return score
 
 
@@ -101,9 +101,7 @@ def _lm_tokens(src, dtype: str, device: str, positive_token: int | None = None,
 
 
 def _scalar(src, dtype: str, device: str, **_):
-    import numpy as np
-    from rfedge.steps import boundary_tokens, split_steps
-    from tokenizers import Tokenizer
+    from rfedge.tokenization import TraceTokenizer
 
     from ..checkpoint.rewards import scalar_rewards
     from ..checkpoint.source import load_scalar_prm
@@ -112,15 +110,12 @@ def _scalar(src, dtype: str, device: str, **_):
     _device(prm.body, device), _device(prm.head, device)
     if prm.step_head is not None:
         _device(prm.step_head, device)
-    tk = Tokenizer.from_file(str(src.path / "tokenizer.json"))
+    tokenizer = TraceTokenizer(src.path / TOKENIZER_FILE)  # the reference reads the whole trace
 
     def score(trace) -> ReferenceRewards:
-        enc = tk.encode(trace.text, add_special_tokens=False)
-        steps = split_steps(trace.problem, trace.completion)
-        starts = np.array([o[0] for o in enc.offsets], dtype=np.int64)
-        toks = boundary_tokens(steps, starts)
-        r, t = scalar_rewards(prm, np.array(enc.ids), toks, device=device)
-        return ReferenceRewards([(s.section, s.index, float(x)) for s, x in zip(steps, r)], t)
+        enc = tokenizer.encode(trace)
+        r, t = scalar_rewards(prm, enc.ids, enc.step_tokens, device=device)
+        return ReferenceRewards([(s.section, s.index, float(x)) for s, x in zip(enc.steps, r, strict=True)], t)
     return score
 
 

@@ -16,18 +16,17 @@ import math
 import numpy as np
 import torch
 
-from .int8 import WEIGHT_QMAX
-from .smoothing import fake_quant_activations, weight_codes
+from .embedding import simulate_embedding
+from .formats import FORMATS, fake_quant_activations
 
 MARGIN = 0.8  # aim inside the tolerance: the simulation is close to the graph, not bit-exact
 PROMOTE_SHARE = 0.25  # of the still-quantized linears, per round (few rounds: each is a calibration pass)
-UPGRADE = {"int8-7bit": "int8-8bit", "int8-8bit": "fp32"}
 
 
-def _hook(weight: torch.Tensor, qmax: int):
+def _hook(weight: torch.Tensor, fmt):
     """Replace a linear's output by the graph's computation. The weight is kept as int8 codes and
     scales and dequantized per call, so the simulation costs a quarter of the fp32 weights, not a copy."""
-    codes, scale = weight_codes(weight, qmax)
+    codes, scale = fmt.simulate_codes(weight)
 
     def hook(mod, args, out):
         x = args[0]
@@ -39,14 +38,8 @@ def _hook(weight: torch.Tensor, qmax: int):
 
 
 def _embedding_hook(block: int):
-    """The int8 embedding's quantization (one scale per ``block`` values of a row) on gathered rows."""
-    def hook(mod, args, out):
-        h = out.shape[-1]
-        b = block if h % block == 0 else h
-        x = out.reshape(*out.shape[:-1], h // b, b)
-        scale = torch.clamp(x.abs().amax(-1, keepdim=True), min=1e-12) / 127
-        return (torch.round(x / scale) * scale).reshape(out.shape)
-    return hook
+    """The int8 embedding's values (one scale per ``block`` values of a row) for the gathered rows."""
+    return lambda mod, args, out: simulate_embedding(out, block)
 
 
 def simulated_deltas(prm, references, encoded, formats: dict[str, str],
@@ -59,9 +52,9 @@ def simulated_deltas(prm, references, encoded, formats: dict[str, str],
         if embedding_block:
             hooks.append(prm.body.embed_tokens.register_forward_hook(_embedding_hook(embedding_block)))
         for name, fmt in formats.items():
-            if fmt in WEIGHT_QMAX:
+            if fmt in FORMATS:
                 mod = prm.body.get_submodule(name)
-                hooks.append(mod.register_forward_hook(_hook(mod.weight.detach(), WEIGHT_QMAX[fmt])))
+                hooks.append(mod.register_forward_hook(_hook(mod.weight.detach(), FORMATS[fmt])))
         step, traj = 0.0, 0.0
         for (ids, step_tokens), (ref_steps, ref_traj) in zip(encoded, references):
             steps, t = scalar_rewards(prm, ids, step_tokens)
@@ -88,16 +81,16 @@ def fit_formats(prm, references, encoded, formats: dict[str, str], errors: dict[
     while True:
         step, traj = simulated_deltas(prm, references, encoded, formats, embedding_block)
         history.append({"max_abs_step": round(step, 5), "max_abs_trajectory": round(traj, 5),
-                        "quantized": sum(1 for f in formats.values() if f in WEIGHT_QMAX)})
+                        "quantized": sum(1 for f in formats.values() if f in FORMATS)})
         if log:
             log(f"      simulated INT8 rewards on the calibration traces: max |delta| step {step:.3g}, "
                 f"trajectory {traj:.3g} (aim: {goal[0]:.3g}, {goal[1]:.3g})")
-        quantized = [n for n, f in formats.items() if f in UPGRADE]
+        quantized = [n for n, f in formats.items() if f in FORMATS]
         if (step <= goal[0] and traj <= goal[1]) or not quantized:
             break
         worst = sorted(quantized, key=lambda n: -errors[n][formats[n]])
         for name in worst[:max(1, math.ceil(PROMOTE_SHARE * len(quantized)))]:
-            formats[name] = UPGRADE[formats[name]]
+            formats[name] = FORMATS[formats[name]].promotes_to
     summary = {"method": "promote the linears with the largest simulated error until the simulated "
                          f"rewards are within {MARGIN} x the tolerance", "rounds": history}
     return formats, summary

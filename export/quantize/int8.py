@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .formats import FORMATS
+
 LAYER_SCOPE = "layers."  # only transformer-layer linears; the reward heads stay fp32
-# Weight formats a layer linear can get, with their integer range (anything else stays fp32).
-WEIGHT_QMAX = {"int8-7bit": 63, "int8-8bit": 127}
 
 
 def _scope(node) -> str:
@@ -52,14 +52,6 @@ def read_initializer(init, base: Path) -> np.ndarray:
     count = int(np.prod(init.dims)) if init.dims else 1
     mm = np.memmap(base / info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0)), shape=(count,))
     return mm.reshape(tuple(init.dims))
-
-
-def quantize_columns(w: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel quantization of w [K, N]: (int8 [K, N], fp32 scales [N])."""
-    w = np.asarray(w, dtype=np.float32)
-    scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / qmax
-    q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
-    return q, scale.astype(np.float32)
 
 
 def _const(name: str, value, dtype):
@@ -111,7 +103,7 @@ def dynamic_int8(src: Path, formats: dict[str, str]):
     for node in model.graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
-    new_nodes, replaced, counts = [], set(), dict.fromkeys(WEIGHT_QMAX, 0)
+    new_nodes, replaced, counts = [], set(), dict.fromkeys(FORMATS, 0)
     new_inits = [_const("rfq_axes", [-1], np.int64), _const("rfq_inv127", 1 / 127, np.float32),
                  _const("rfq_tiny", 1e-12, np.float32), _const("rfq_128f", 128, np.float32),
                  _const("rfq_zp", 128, np.uint8)]
@@ -119,7 +111,7 @@ def dynamic_int8(src: Path, formats: dict[str, str]):
     for node in model.graph.node:
         init = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         fmt = formats.get(_module(_scope(node)) or "", "fp32") if init is not None else "fp32"
-        if fmt not in WEIGHT_QMAX or len(init.dims) != 2 or consumers[init.name] != 1:
+        if fmt not in FORMATS or len(init.dims) != 2 or consumers[init.name] != 1:
             new_nodes.append(node)
             continue
         x = node.input[0]
@@ -128,10 +120,8 @@ def dynamic_int8(src: Path, formats: dict[str, str]):
             new_nodes += nodes
             quantized_inputs[x] = (xq, scale)
         xq, xscale = quantized_inputs[x]
-        q, wscale = quantize_columns(read_initializer(init, base), WEIGHT_QMAX[fmt])
-        wzp = []
-        if fmt == "int8-8bit":
-            q, wzp = (q.astype(np.int16) + 128).astype(np.uint8), ["rfq_zp"]
+        q, wscale = FORMATS[fmt].codes(read_initializer(init, base))
+        wzp = ["rfq_zp"] if FORMATS[fmt].unsigned else []
         w = init.name
         new_inits += [numpy_helper.from_array(q, w + "_q"), numpy_helper.from_array(wscale, w + "_scale")]
         replaced.add(w)

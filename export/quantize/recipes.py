@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..onnx.to_onnx import EXTERNAL_DATA_BYTES
+from .embedding import quantize_embedding, sparsify_initializers
 
 
 @dataclass(frozen=True)
@@ -68,99 +69,6 @@ def _fp16(src: Path, dst: Path, formats=None) -> dict:
     return {"method": "float16", "kept_fp32_ops": blocked}
 
 
-EMBEDDING_MIN_ROWS = 1024
-EMBEDDING_BLOCK = 32
-
-
-def quantize_embedding_int8(model, block: int = EMBEDDING_BLOCK) -> int:
-    """Replace the token-embedding Gather by an int8 table with one fp32 scale per block of a row.
-
-    Gather(int8 rows) -> Cast -> Reshape [.., H/block, block] -> Mul(Gather(block scales)) ->
-    Reshape [.., H], the layout of llama.cpp's Q8_0: standard ONNX ops, so every execution provider
-    runs it. Blocks of 32 halve the error of one scale per row (a row's max is set by its largest
-    of H values), for a scale table of 1/8 the int8 table's size. Returns the tables quantized.
-    """
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    count = 0
-    new_nodes = []
-    for node in model.graph.node:
-        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
-        if table is None or len(table.dims) != 2 or table.dims[0] < EMBEDDING_MIN_ROWS or \
-                table.data_type != onnx.TensorProto.FLOAT:
-            new_nodes.append(node)
-            continue
-        w = numpy_helper.to_array(table)
-        V, H = w.shape
-        b = block if H % block == 0 else H
-        blocks = w.reshape(V, H // b, b)
-        scale = np.maximum(np.abs(blocks).max(axis=2), 1e-12) / 127.0  # [V, H/b]
-        q = np.clip(np.rint(blocks / scale[..., None]), -127, 127).astype(np.int8).reshape(V, H)
-        name = table.name
-        model.graph.initializer.remove(table)
-        base = (node.name or name) + "_q8"
-        model.graph.initializer.extend([
-            numpy_helper.from_array(q, name + "_int8"), numpy_helper.from_array(scale.astype(np.float32), name + "_scale"),
-            numpy_helper.from_array(np.array([0, 0, -1, b], np.int64), base + "_blocked_shape"),
-            numpy_helper.from_array(np.array([0, 0, -1], np.int64), base + "_row_shape"),
-            numpy_helper.from_array(np.array([-1], np.int64), base + "_last_axis")])
-        ids = node.input[1]
-        new_nodes += [
-            helper.make_node("Gather", [name + "_int8", ids], [base + "_rows"], name=base + "_gather", axis=0),
-            helper.make_node("Cast", [base + "_rows"], [base + "_float"], name=base + "_cast",
-                             to=onnx.TensorProto.FLOAT),
-            helper.make_node("Reshape", [base + "_float", base + "_blocked_shape"], [base + "_blocked"], name=base + "_reshape"),
-            helper.make_node("Gather", [name + "_scale", ids], [base + "_s"], name=base + "_gather_scale", axis=0),
-            helper.make_node("Unsqueeze", [base + "_s", base + "_last_axis"], [base + "_s1"], name=base + "_unsqueeze"),
-            helper.make_node("Mul", [base + "_blocked", base + "_s1"], [base + "_scaled"], name=base + "_mul"),
-            helper.make_node("Reshape", [base + "_scaled", base + "_row_shape"], [node.output[0]], name=base + "_unreshape"),
-        ]
-        count += 1
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    return count
-
-
-def _quantize_embedding(model) -> str:
-    """Quantize the embedding table(s) in place; the manifest's description of what was done."""
-    return f"int8, one scale per {EMBEDDING_BLOCK} values ({quantize_embedding_int8(model)} table)"
-
-
-SPARSE_MIN_ELEMENTS = 1 << 20
-SPARSE_MIN_ZERO_FRACTION = 0.9
-
-
-def sparsify_initializers(model) -> list[str]:
-    """Store large initializers that are at least 90% zeros as ONNX sparse initializers.
-
-    ONNX Runtime densifies them when it loads the graph, so this changes file size only. It never
-    triggers on trained LLM weights; it does on tables whose unused rows are zero (the demo model's
-    embedding keeps only the rows of its task's tokens).
-    """
-    import numpy as np
-    from onnx import numpy_helper
-    from onnx.helper import make_sparse_tensor
-
-    names = []
-    for init in list(model.graph.initializer):
-        n = int(np.prod(init.dims)) if init.dims else 0
-        if n < SPARSE_MIN_ELEMENTS:
-            continue
-        w = numpy_helper.to_array(init)
-        nz = np.flatnonzero(w)
-        if len(nz) > (1 - SPARSE_MIN_ZERO_FRACTION) * n:
-            continue
-        values = numpy_helper.from_array(w.reshape(-1)[nz], init.name)
-        indices = numpy_helper.from_array(nz.astype(np.int64), init.name + "_indices")
-        model.graph.initializer.remove(init)
-        model.graph.sparse_initializer.append(make_sparse_tensor(values, indices, list(init.dims)))
-        names.append(init.name)
-    return names
-
-
 def _quiet():
     logging.getLogger().setLevel(logging.ERROR)
     return contextlib.redirect_stdout(io.StringIO())
@@ -176,7 +84,7 @@ def _int8_dynamic(src: Path, dst: Path, formats=None) -> dict:
                          # and a single protobuf over 2 GB cannot be written (the 1.5B shape's is 2.4 GB)
                          use_external_data_format=True)
     model = _load(dst)
-    embedding = _quantize_embedding(model)
+    embedding = quantize_embedding(model)
     for f in dst.parent.iterdir():
         f.unlink()
     _save(model, dst)
@@ -188,7 +96,7 @@ def _int8_smooth(src: Path, dst: Path, formats=None) -> dict:
     from .int8 import dynamic_int8
 
     model, counts = dynamic_int8(src, formats or {})
-    embedding = _quantize_embedding(model)
+    embedding = quantize_embedding(model)
     _save(model, dst)
     return {"method": "MatMulInteger, per-token dynamic activations", "matmuls": counts,
             "weights": "int8 per output channel: 7-bit range (uint8 x int8 kernel, no int16 saturation on "
@@ -206,7 +114,7 @@ def _nbits(bits: int, block: int, accuracy_level: int) -> Callable[[Path, Path],
             q = MatMulNBitsQuantizer(_load(src), bits=bits, block_size=block, is_symmetric=True,
                                      accuracy_level=accuracy_level)
             q.process()
-        embedding = _quantize_embedding(q.model.model)
+        embedding = quantize_embedding(q.model.model)
         _save(q.model.model, dst)
         return {"embedding": embedding, "method": "onnxruntime MatMulNBits", "bits": bits, "block_size": block,
                 "accuracy_level": accuracy_level, "ops": ["MatMul"]}

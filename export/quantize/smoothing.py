@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from .int8 import WEIGHT_QMAX
+from .formats import FORMATS, FP32, WeightFormat, fake_quant_activations, format_counts
+
+FAST, WIDE = FORMATS["int8-7bit"], FORMATS["int8-8bit"]
 
 ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # None: no equalization at that point
 MAX_TOKENS = 1024  # calibration tokens kept per point for the search (a strided subset)
@@ -56,29 +58,7 @@ def capture_inputs(body, token_lists, max_tokens: int = MAX_TOKENS) -> list[dict
     return out
 
 
-def fake_quant_activations(x: torch.Tensor) -> torch.Tensor:
-    """The graph's activation quantization: symmetric int8, one scale per token (row)."""
-    scale = torch.clamp(x.abs().amax(-1, keepdim=True) / 127, min=1e-12)
-    return torch.clamp(torch.round(x / scale), -127, 127) * scale
-
-
-def weight_codes(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per output channel (rows of a torch Linear weight): (int8 codes, fp32 scales [N, 1])."""
-    scale = torch.clamp(w.abs().amax(1, keepdim=True), min=1e-12) / qmax
-    return torch.clamp(torch.round(w / scale), -qmax, qmax).to(torch.int8), scale
-
-
-def fake_quant_weight(w: torch.Tensor, qmax: int) -> torch.Tensor:
-    codes, scale = weight_codes(w, qmax)
-    return codes.float() * scale
-
-
-def format_counts(formats: dict[str, str]) -> dict[str, int]:
-    """How many linears have each weight format (the manifest's summary)."""
-    return {f: sum(1 for v in formats.values() if v == f) for f in (*WEIGHT_QMAX, "fp32")}
-
-
-def quant_error(x: torch.Tensor, weights: list[torch.Tensor], qmax: int, refs=None) -> list[float]:
+def quant_error(x: torch.Tensor, weights: list[torch.Tensor], fmt: WeightFormat, refs=None) -> list[float]:
     """Worst per-token error of each dynamically quantized x @ W^T, relative to a typical token.
 
     Per token, not over the whole tensor: one scale serves every token of the call, so a token
@@ -90,7 +70,7 @@ def quant_error(x: torch.Tensor, weights: list[torch.Tensor], qmax: int, refs=No
     errs = []
     for k, w in enumerate(weights):
         ref = x @ w.T if refs is None else refs[k]
-        diff = (xq @ fake_quant_weight(w, qmax).T - ref).norm(dim=1)
+        diff = (xq @ fmt.simulate(w).T - ref).norm(dim=1)
         typical = ref.norm(dim=1).pow(2).mean().sqrt().clamp(min=1e-12)
         errs.append(float(diff.max() / typical))
     return errs
@@ -139,18 +119,18 @@ def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
                     s = _scales(act, weights, alpha)
                     if point == "self_attn.o_proj":
                         s = _group_scales(s, n_kv, group, d)
-                    errs = quant_error(x / s, [w * s for w in weights], WEIGHT_QMAX["int8-7bit"], refs)
+                    errs = quant_error(x / s, [w * s for w in weights], FAST, refs)
                     if best is None or max(errs) < max(best[2]):
                         best = (alpha, s, errs)
                 alpha, s, errs = best
                 chosen[f"layers.{i}.{point}"] = alpha
-                wide = quant_error(x / s, [w * s for w in weights], WEIGHT_QMAX["int8-8bit"], refs)
+                wide = quant_error(x / s, [w * s for w in weights], WIDE, refs)
                 if alpha is not None:
                     _fold_point(layer, point, s, n_kv, d)
                 for c, e7, e8 in zip(CONSUMERS[point], errs, wide):
-                    fmt = "int8-7bit" if e7 <= fast_error else "int8-8bit" if e8 <= max_error else "fp32"
+                    fmt = FAST.name if e7 <= fast_error else WIDE.name if e8 <= max_error else FP32
                     name = f"layers.{i}.{c}"
-                    formats[name], errors[name] = fmt, {"int8-7bit": e7, "int8-8bit": e8}
+                    formats[name], errors[name] = fmt, {FAST.name: e7, WIDE.name: e8}
                     worst = max(worst, errors[name].get(fmt, 0.0))
     summary = {"method": "smoothquant, alpha searched per layer and input", "alphas": list(alphas),
                "calibration_tokens_per_point": int(captured[0]["mlp.down_proj"].shape[0]) if captured else 0,

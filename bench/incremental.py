@@ -1,0 +1,188 @@
+"""Scoring inside the search loop, at the ReasonFlux-PRM-1.5B shape (random weights), CPU, batch 1.
+
+Side by side in one run, with the prefix cache (the Scorer's default) and without it
+(``cache_bytes=0``), on the shipped INT8 export:
+
+- steps: a 16-step, ~2048-token trace scored after every step (what beam search does to a beam),
+  total time against one full pass of the final trace;
+- best-of-8: a 512-token shared prompt and 8 continuations of 1536 tokens in one ``score_many``;
+- beam: a beam search simulation, 4 beams x 16 steps, each beam forking into 2 candidates per
+  step (8 partial traces scored per step, the best 4 kept);
+- long: one trace of T = 512 / 2048 / 8192 / 16384 / 32768 tokens (chunks of 2048), tokens/s and
+  peak RSS, each T in its own process.
+
+    python bench/incremental.py            # 28 layers (about an hour here, most of it the long traces)
+    python bench/incremental.py --quick    # 4 layers, shorter traces
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from speed import build_checkpoint, run_measured, save  # noqa: E402
+
+WORDS = ("the", "value", "is", "then", "we", "add", "subtract", "so", "check", "step", "number", "result", "x",
+         "equals", "because", "therefore", "12", "7", "=", "+", "-", "(", ")", "answer", "first", "next")
+
+
+def words(rng: random.Random, tokens: int) -> str:
+    """Text of about ``tokens`` Qwen2.5 tokens (a word and its space are about one token)."""
+    return " ".join(rng.choice(WORDS) for _ in range(tokens))
+
+
+def export(work: Path, layers: int) -> Path:
+    ckpt = build_checkpoint(work / f"qwen2-1.5b-shape-{layers}l", layers)
+    out = work / f"export-{layers}l-int8-v2"
+    if not (out / "rfedge.json").is_file():
+        _, wall, peak = run_measured([sys.executable, "-m", "rfedge", "export", str(ckpt), "--out", str(out),
+                                      "--int8", "--max-length", "32768"])
+        print(f"export: {wall:.0f} s, peak RSS {peak:.2f} GB", file=sys.stderr)
+    return out
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def steps_scenario(model: str, prompt_tokens: int, n_steps: int, step_tokens: int) -> dict:
+    from rfedge import Scorer
+    from rfedge.traces import Trace
+
+    rng = random.Random(1)
+    problem = words(rng, prompt_tokens)
+    steps = [words(rng, step_tokens) for _ in range(n_steps)]
+    partial = [Trace(problem, "<think>\n" + "\n\n".join(steps[:k])) for k in range(1, n_steps + 1)]
+    out = {}
+    for name, cache in (("cached", None), ("no cache", 0)):
+        scorer = Scorer.load(model, device="cpu", **({} if cache is None else {"cache_bytes": cache}))
+        scorer.score(Trace("warm", "up"))
+        out[name] = _timed(lambda: [scorer.score(t) for t in partial])
+        out[f"{name} stats"] = scorer.cache_stats()
+    full = Scorer.load(model, device="cpu", cache_bytes=0)
+    full.score(Trace("warm", "up"))
+    out["one full pass"] = _timed(lambda: full.score(partial[-1]))
+    out["tokens"] = full.score(partial[-1]).num_tokens
+    return out
+
+
+def best_of_n_scenario(model: str, prompt_tokens: int, n: int, continuation_tokens: int) -> dict:
+    from rfedge import Scorer
+
+    rng = random.Random(2)
+    problem = words(rng, prompt_tokens)
+    candidates = [words(rng, continuation_tokens) for _ in range(n)]
+    out = {}
+    for name, cache in (("cached", None), ("no cache", 0)):
+        scorer = Scorer.load(model, device="cpu", **({} if cache is None else {"cache_bytes": cache}))
+        out[name] = _timed(lambda: scorer.best_of_n(problem, candidates))
+        out[f"{name} stats"] = scorer.cache_stats()
+    return out
+
+
+def beam_scenario(model: str, prompt_tokens: int, beams: int, n_steps: int, step_tokens: int) -> dict:
+    from rfedge import Scorer
+    from rfedge.traces import Trace
+
+    out = {}
+    for name, cache in (("cached", None), ("no cache", 0)):
+        rng = random.Random(3)
+        problem = words(rng, prompt_tokens)
+        scorer = Scorer.load(model, device="cpu", **({} if cache is None else {"cache_bytes": cache}))
+        beam = ["<think>\n"] * beams
+        t = time.perf_counter()
+        for _ in range(n_steps):
+            candidates = [b + ("\n\n" if b != "<think>\n" else "") + words(rng, step_tokens)
+                          for b in beam for _ in range(2)]
+            results = scorer.score_many([Trace(problem, c) for c in candidates])
+            order = sorted(range(len(candidates)), key=lambda i: -results[i].score)
+            beam = [candidates[i] for i in order[:beams]]
+        out[name] = time.perf_counter() - t
+        out[f"{name} stats"] = scorer.cache_stats()
+    return out
+
+
+def long_worker(model: str, T: int) -> dict:
+    from rfedge import Scorer
+    from rfedge.traces import Trace
+
+    scorer = Scorer.load(model, device="cpu", cache_bytes=0)
+    rng = random.Random(4)
+    text = words(rng, T)
+    while (total := scorer.tokenizer.encode(Trace("", text)).total) < T:
+        text += " " + words(rng, T - total)
+    trace = Trace("", text)
+    scorer.score(Trace("warm", "up"))
+    seconds = _timed(lambda: scorer.score(trace))
+    n = len(scorer.tokenizer.encode(trace).ids)  # cut at max length
+    return {"T": n, "seconds": seconds, "tokens_per_s": n / seconds}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--lengths", default="512,2048,8192,16384,32768")
+    ap.add_argument("--quick", action="store_true", help="4 layers, traces a quarter as long, T up to 8192")
+    ap.add_argument("--work", default=str(HERE / ".work"))
+    ap.add_argument("--out", default=str(HERE / "results" / "incremental.json"))
+    ap.add_argument("--long-worker", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.long_worker:
+        print(json.dumps(long_worker(a.long_worker[0], int(a.long_worker[1]))))
+        return
+    scale = 4 if a.quick else 1
+    if a.quick:
+        a.layers, a.lengths = 4, "512,2048,8192"
+    model = str(export(Path(a.work), a.layers))
+    results = {"layers": a.layers, "model": model}
+    results["steps"] = steps_scenario(model, 128 // scale, 16, 120 // scale)
+    print(f"steps: {json.dumps(results['steps'])}", file=sys.stderr, flush=True)
+    save(a.out, results)
+    results["best_of_8"] = best_of_n_scenario(model, 512 // scale, 8, 1536 // scale)
+    print(f"best-of-8: {json.dumps(results['best_of_8'])}", file=sys.stderr, flush=True)
+    save(a.out, results)
+    results["beam"] = beam_scenario(model, 256 // scale, 4, 16, 16)
+    print(f"beam: {json.dumps(results['beam'])}", file=sys.stderr, flush=True)
+    save(a.out, results)
+    results["long"] = []
+    for T in [int(x) for x in a.lengths.split(",")]:
+        out, _, peak = run_measured([sys.executable, __file__, "--long-worker", model, str(T)])
+        row = {**json.loads(out.strip().splitlines()[-1]), "peak_rss_gb": peak}
+        results["long"].append(row)
+        print(f"long T={row['T']}: {row['tokens_per_s']:.1f} tok/s, peak RSS {peak:.2f} GB", file=sys.stderr, flush=True)
+        save(a.out, results)
+    report(results)
+
+
+def report(r: dict) -> None:
+    s = r["steps"]
+    print(f"| scenario ({r['layers']} layers) | with prefix cache | without | ratio | target |")
+    print("|---|---|---|---|---|")
+    print(f"| 16-step trace ({s['tokens']} tokens) scored after every step, x one full pass "
+          f"({s['one full pass']:.1f} s) | {s['cached'] / s['one full pass']:.2f}x ({s['cached']:.1f} s) | "
+          f"{s['no cache'] / s['one full pass']:.2f}x ({s['no cache']:.1f} s) | | <= 1.3x |")
+    b = r["best_of_8"]
+    print(f"| Best-of-8, shared prompt | {b['cached']:.1f} s | {b['no cache']:.1f} s | "
+          f"{b['cached'] / b['no cache']:.2f} | <= 0.8 |")
+    m = r["beam"]
+    print(f"| beam search, 4 beams x 16 steps, 8 candidates a step | {m['cached']:.1f} s | {m['no cache']:.1f} s | "
+          f"{m['cached'] / m['no cache']:.2f} | |")
+    long = r["long"]
+    base = next((x["tokens_per_s"] for x in long if x["T"] <= 512), None)
+    print("\n| T | tokens/s | x T=512 | peak RSS GB |")
+    print("|---|---|---|---|")
+    for x in long:
+        ratio = f"{x['tokens_per_s'] / base:.2f}" if base else "-"
+        print(f"| {x['T']} | {x['tokens_per_s']:.1f} | {ratio} | {x['peak_rss_gb']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
