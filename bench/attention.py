@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,7 +69,7 @@ def worker(T: int, chunk: int, reps: int) -> dict:
             binding = session.io_binding()
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
-            for past, present, buf in zip(("pk", "pv"), ("present_k", "present_v"), cache):
+            for past, present, buf in zip(("pk", "pv"), ("present_k", "present_v"), cache, strict=True):
                 value = ort.OrtValue.ortvalue_from_numpy(buf)
                 binding.bind_ortvalue_input(past, value)
                 binding.bind_ortvalue_output(present, value)

@@ -65,7 +65,7 @@ def steps_scenario(model: str, prompt_tokens: int, n_steps: int, step_tokens: in
     for name, cache in (("cached", None), ("no cache", 0)):
         scorer = Scorer.load(model, device="cpu", **({} if cache is None else {"cache_bytes": cache}))
         scorer.score(Trace("warm", "up"))
-        out[name] = _timed(lambda: [scorer.score(t) for t in partial])
+        out[name] = _timed(lambda s=scorer: [s.score(t) for t in partial])
         out[f"{name} stats"] = scorer.cache_stats()
     full = Scorer.load(model, device="cpu", cache_bytes=0)
     full.score(Trace("warm", "up"))
@@ -83,7 +83,7 @@ def best_of_n_scenario(model: str, prompt_tokens: int, n: int, continuation_toke
     out = {}
     for name, cache in (("cached", None), ("no cache", 0)):
         scorer = Scorer.load(model, device="cpu", **({} if cache is None else {"cache_bytes": cache}))
-        out[name] = _timed(lambda: scorer.best_of_n(problem, candidates))
+        out[name] = _timed(lambda s=scorer: s.best_of_n(problem, candidates))
         out[f"{name} stats"] = scorer.cache_stats()
     return out
 

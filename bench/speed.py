@@ -181,7 +181,7 @@ def report(results: dict, layers: int) -> None:
         key = (r["T"], r["mixed"])
         c = results["ceiling"].get(r["T"])
         frac = f"{100 * r['tokens_per_s'] / ceiling_tokens_per_s(c, layers, 'int8'):.0f}%" if c and not r["mixed"] else "-"
-        ratio = lambda d: f"{r['tokens_per_s'] / d[key]:.2f}" if key in d else "-"
+        ratio = lambda d, r=r, key=key: f"{r['tokens_per_s'] / d[key]:.2f}" if key in d else "-"  # noqa: E731
         label = f"mixed {r['mixed']} x 256..{r['T']}" if r["mixed"] else str(r["T"])
         print(f"| {r['backend']} | {label} | {r['batch']} | {r['tokens_per_s']:.1f} | {ratio(base)} | {ratio(bf16)} | {frac} | "
               f"{r['latency_p50_s']:.2f} | {r['latency_p95_s']:.2f} | {r['peak_rss_gb']:.2f} | {r['load_s']:.1f} |")

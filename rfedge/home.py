@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
-from .manifest import MANIFEST_NAME
+from .constants import MANIFEST_NAME
 
 BUNDLED_DIR = Path(__file__).parent / "models" / "demo-arith"
 
 
 def rfedge_home() -> Path:
-    return Path(os.environ.get("RFEDGE_HOME") or Path.home() / ".cache" / "rfedge")
+    return Path(os.environ.get("RFEDGE_HOME") or Path.home() / ".cache" / "rfedge").expanduser()
 
 
 def models_dir() -> Path:
@@ -36,17 +36,17 @@ def newest_export() -> Path | None:
     root = models_dir()
     if not root.is_dir():
         return None
-    found = [p for p in root.iterdir() if (p / MANIFEST_NAME).is_file()]
+    found = [p for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_NAME).is_file()]
     return max(found, key=lambda p: (p / MANIFEST_NAME).stat().st_mtime, default=None)
 
 
 def resolve_model(option: str | None) -> ModelChoice:
     """Pick the model directory: option, then $RFEDGE_MODEL, then $RFEDGE_HOME, then the bundled demo."""
     if option:
-        return ModelChoice(Path(option), "--model")
+        return ModelChoice(Path(option).expanduser(), "--model")
     env = os.environ.get("RFEDGE_MODEL")
     if env:
-        return ModelChoice(Path(env), "$RFEDGE_MODEL")
+        return ModelChoice(Path(env).expanduser(), "$RFEDGE_MODEL")
     newest = newest_export()
     if newest is not None:
         return ModelChoice(newest, f"newest export in {models_dir()}")

@@ -44,7 +44,7 @@ class KVBuffers:
         """Copy ``blocks`` (consecutive) into ``row`` from position ``start``."""
         for n, block in enumerate(blocks):
             lo = start + n * BLOCK_TOKENS
-            for a, kv in zip(self.arrays, block.kv):
+            for a, kv in zip(self.arrays, block.kv, strict=True):
                 a[row, :, lo:lo + BLOCK_TOKENS] = kv
 
     def read(self, row: int, start: int) -> np.ndarray:
@@ -54,7 +54,7 @@ class KVBuffers:
     def copy_prefix(self, n: int, capacity: int) -> "KVBuffers":
         """A new batch-1 buffer of ``capacity`` holding positions ``[0, n)`` of row 0."""
         out = KVBuffers(self.shape, 1, capacity)
-        for dst, src in zip(out.arrays, self.arrays):
+        for dst, src in zip(out.arrays, self.arrays, strict=True):
             dst[0, :, :n] = src[0, :, :n]
         return out
 

@@ -120,7 +120,7 @@ class Scorer:
     def score_many(self, traces: Iterable[Trace | dict]) -> list[ScoreResult]:
         """Score many traces; results in input order. Raises on the first bad record, naming it."""
         out = []
-        for record, result in self.score_records(traces):
+        for _, result in self.score_records(traces):
             if isinstance(result, TraceFormatError):
                 raise result
             out.append(result)

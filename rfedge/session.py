@@ -100,11 +100,11 @@ class GraphSession:
         try:
             if self.device == "cpu":
                 return self._run_in_place(feeds, kv)
-            outputs = self._session.run(None, {**feeds, **dict(zip(self._past, kv.arrays))})
+            outputs = self._session.run(None, {**feeds, **dict(zip(self._past, kv.arrays, strict=True))})
         except Exception as e:  # onnxruntime raises its own untyped exceptions
             raise self._failed(e) from None
-        named = dict(zip((o.name for o in self._session.get_outputs()), outputs))
-        for name, array in zip(self._present, kv.arrays):
+        named = dict(zip((o.name for o in self._session.get_outputs()), outputs, strict=True))
+        for name, array in zip(self._present, kv.arrays, strict=True):
             array[...] = named[name]
         return named[CACHED_OUTPUTS[0]], named[CACHED_OUTPUTS[1]]
 
@@ -116,7 +116,7 @@ class GraphSession:
             binding.bind_cpu_input(name, value)
         for name in CACHED_OUTPUTS:
             binding.bind_output(name)
-        for past, present, array in zip(self._past, self._present, kv.arrays):
+        for past, present, array in zip(self._past, self._present, kv.arrays, strict=True):
             value = self._ort.OrtValue.ortvalue_from_numpy(array)
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)

@@ -92,7 +92,7 @@ class TraceTokenizer:
             starts = np.fromiter((o[0] + lo for o in enc.offsets), dtype=np.int64, count=len(enc.offsets))
             inside = (last_chars >= lo) & (last_chars < hi)
             if inside.any():
-                step_tokens[inside] = total + boundary_tokens([s for s, k in zip(steps, inside) if k], starts)
+                step_tokens[inside] = total + boundary_tokens([s for s, k in zip(steps, inside, strict=True) if k], starts)
             if total < keep:
                 ids.append(np.asarray(enc.ids[:keep - total], dtype=np.int64))
             total += len(enc.ids)

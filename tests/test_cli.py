@@ -110,10 +110,22 @@ def test_unknown_precision_is_a_choice_error():
     assert r.exit_code == 2 and "'int3' is not one of 'fp32', 'fp16', 'int8', 'int4'" in r.output
 
 
+def _command_paths(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _command_paths(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
 def test_every_command_has_an_example():
-    for name in ("score", "export", "models", "recipes"):
-        r = run(name, "--help")
-        assert r.exit_code == 0 and "Example:" in r.output, name
+    paths = list(_command_paths(main))
+    assert {"score", "export", "demo build"} <= {" ".join(p) for p in paths}
+    for path in paths:
+        r = run(*path, "--help")
+        assert r.exit_code == 0 and "Example:" in r.output, path
 
 
 def test_runtime_never_imports_torch(fp32_export, tmp_path):
@@ -144,3 +156,20 @@ def test_closed_stdout_stops_quietly(fp32_export, tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=300) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_readme_library_snippet_runs_verbatim(fp32_export, tmp_path):
+    """The README's library block, as written, with HOME holding a model at the path it names."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"<!-- library-snippet -->\n```python\n(.*?)```", readme, re.S).group(1)
+    home = tmp_path / "home"
+    shutil.copytree(fp32_export, home / ".cache" / "rfedge" / "models" / "gen-verse--reasonflux-prm-1.5b-int8")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RFEDGE_HOME", "RFEDGE_MODEL")}
+    p = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300,
+                       env={**env, "HOME": str(home)}, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.splitlines()) == 4 and "'hits'" in p.stdout.splitlines()[-1]

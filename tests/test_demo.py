@@ -22,7 +22,7 @@ def check_record(r):
     ops = [OP.match(p).groups() for p in parts]
     assert 1 <= x0 <= 99 and 3 <= len(ops) <= 6 and len(r["trajectory"]) == len(ops) == len(r["labels"])
     value, truth, first_error = x0, x0, None
-    for i, ((word, k), step) in enumerate(zip(ops, r["trajectory"])):
+    for i, ((word, k), step) in enumerate(zip(ops, r["trajectory"], strict=True)):
         prev, sign, kk, result = STEP.match(step).groups()
         assert (sign == "+") == (word == "add") and kk == k and 1 <= int(k) <= 99
         assert int(prev) == value, "later steps start from the value reached"

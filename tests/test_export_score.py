@@ -70,10 +70,10 @@ def test_batch_and_padding_invariance(fp32_export):
     batched = Scorer.load(fp32_export, device="cpu", batch_size=16)
     traces = TRACES + [{"id": t.id, "problem": t.problem, "completion": t.completion} for t in builtin_traces()]
     a, b = alone.score_many(traces), batched.score_many(traces)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.id == y.id
         assert abs(x.trajectory_reward - y.trajectory_reward) <= 1e-5
-        for s, t in zip(x.steps, y.steps):
+        for s, t in zip(x.steps, y.steps, strict=True):
             assert abs(s.reward - t.reward) <= 1e-5
 
 

@@ -108,9 +108,9 @@ def test_per_token_int8_scores_a_trace_the_same_alone_or_in_a_batch(int8_export)
     traces = list(generate("arith", 9, seed=4))
     batched = Scorer.load(int8_export, device="cpu", batch_size=9).score_many(traces)
     alone = Scorer.load(int8_export, device="cpu", batch_size=1).score_many(traces)
-    for a, b in zip(batched, alone):
+    for a, b in zip(batched, alone, strict=True):
         assert abs(a.trajectory_reward - b.trajectory_reward) <= 1e-5
-        assert all(abs(x.reward - y.reward) <= 1e-5 for x, y in zip(a.steps, b.steps))
+        assert all(abs(x.reward - y.reward) <= 1e-5 for x, y in zip(a.steps, b.steps, strict=True))
 
 
 @pytest.mark.parametrize("fmt", ["int8-7bit", "int8-8bit"])

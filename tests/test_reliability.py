@@ -84,9 +84,11 @@ def test_any_jsonl_line_gives_exactly_one_output(tmp_path_factory, scorer, line)
         assert len(r.stdout.splitlines()) == (3 if body.strip() else 2)
 
 
-def test_lone_surrogate_escape_is_handled(scorer):
+def test_lone_surrogate_escape_is_one_clear_error(scorer):
     obj = json.loads('{"problem": "x\\ud800y", "completion": "a\\n\\nb\\udfff"}')
-    assert _check(scorer, obj) in ("ok", "error")
+    (_, result), = list(scorer.score_records([Record(where="r", trace=parse_trace(obj))]))
+    assert str(result) == ("r: text has an unpaired surrogate (\\ud800) at character 1; send valid UTF-8 or "
+                           "complete \\uD8xx\\uDCxx pairs")
 
 
 def test_threads_share_one_scorer(scorer):
@@ -111,10 +113,10 @@ def test_threads_share_one_scorer(scorer):
     assert not errors
     for k, out in enumerate(outputs):
         rotated = serial[k:] + serial[:k]
-        for a, b in zip(out, rotated):
+        for a, b in zip(out, rotated, strict=True):
             assert a["id"] == b["id"]
             assert abs(a["trajectory_reward"] - b["trajectory_reward"]) <= 1e-5
-            assert all(abs(x["reward"] - y["reward"]) <= 1e-5 for x, y in zip(a["steps"], b["steps"]))
+            assert all(abs(x["reward"] - y["reward"]) <= 1e-5 for x, y in zip(a["steps"], b["steps"], strict=True))
 
 
 def _watch(scorer, monkeypatch) -> list:

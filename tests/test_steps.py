@@ -41,7 +41,7 @@ def test_boundary_is_token_holding_last_char(qwen_tokenizer):
     enc = qwen_tokenizer.encode(text, add_special_tokens=False)
     steps = split_steps(problem, completion)
     starts = np.array([o[0] for o in enc.offsets])
-    for step, tok in zip(steps, boundary_tokens(steps, starts)):
+    for step, tok in zip(steps, boundary_tokens(steps, starts), strict=True):
         lo, hi = enc.offsets[tok]
         assert lo <= step.end - 1 < hi, (step, enc.offsets[tok])
 

@@ -121,7 +121,7 @@ def main():
         traces = [parse_trace(r) for r in generate("arith", 200, 4242)]
         ref32 = load_reference(str(Path(a.demo) / "teacher"), "two-class", "fp32", "cpu")
         ref16 = load_reference(str(Path(a.demo) / "teacher"), "two-class", "bf16", "cuda")
-        d = [abs(x[2] - y[2]) for t in traces for x, y in zip(ref32.score_trace(t).steps, ref16.score_trace(t).steps)]
+        d = [abs(x[2] - y[2]) for t in traces for x, y in zip(ref32.score_trace(t).steps, ref16.score_trace(t).steps, strict=True)]
         results["bf16_cuda_vs_fp32_cpu"] = {"steps": len(d), "max_abs": max(d), "mean_abs": sum(d) / len(d)}
     print(json.dumps(results, indent=2))
     Path(a.out).mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ def _train(model_fn, batches, c: DemoConfig, name: str, log=_log, head_lr: float
 
     bar = tqdm(range(c.steps), desc=f"training {name}", file=sys.stderr, mininterval=10)
     ema = None
-    for step in bar:
+    for _ in bar:
         loss = model_fn.loss(*next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -70,9 +70,11 @@ def _batches(examples, c: DemoConfig, pad: int, seed: int):
             yield torch.from_numpy(ids), torch.from_numpy(mask), [y for _, y in chunk]
 
 
-def train_demo(out: Path, c: DemoConfig = DemoConfig(), which=("teacher", "student"), log=_log) -> dict:
+def train_demo(out: Path, c: DemoConfig | None = None, which=("teacher", "student"), log=_log) -> dict:
     """Train the demo pair into ``out/teacher`` and ``out/student``; returns timings and losses."""
     import torch
+
+    c = c or DemoConfig()
 
     torch.manual_seed(c.seed)
     out = Path(out)

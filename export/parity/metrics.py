@@ -90,8 +90,8 @@ def first_error(rewards, threshold: float = 0.5) -> int:
 def processbench_f1(gold_first: list[int], pred_first: list[int]) -> dict:
     """ProcessBench: accuracy on erroneous traces (exact first-error index), on correct traces
     (predicting none), and their harmonic mean."""
-    err = [(g, p) for g, p in zip(gold_first, pred_first) if g >= 0]
-    ok = [(g, p) for g, p in zip(gold_first, pred_first) if g < 0]
+    err = [(g, p) for g, p in zip(gold_first, pred_first, strict=True) if g >= 0]
+    ok = [(g, p) for g, p in zip(gold_first, pred_first, strict=True) if g < 0]
     acc_err = sum(g == p for g, p in err) / len(err) if err else float("nan")
     acc_ok = sum(p < 0 for _, p in ok) / len(ok) if ok else float("nan")
     f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if err and ok and acc_err + acc_ok > 0 else float("nan")

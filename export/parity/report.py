@@ -65,9 +65,9 @@ def compute_report(rows: list, fidelity: bool) -> dict:
         gold_first = [M.first_error([1.0 if x >= 0.5 else 0.0 for x in r.labels]) for r in with_labels]
         n_lab = [len(r.labels) for r in with_labels]
         step["processbench_candidate"] = M.processbench_f1(
-            gold_first, [M.first_error([x for _, _, x in r.cand_steps[:n]]) for r, n in zip(with_labels, n_lab)])
+            gold_first, [M.first_error([x for _, _, x in r.cand_steps[:n]]) for r, n in zip(with_labels, n_lab, strict=True)])
         step["processbench_reference"] = M.processbench_f1(
-            gold_first, [M.first_error([x for _, _, x in r.ref_steps[:n]]) for r, n in zip(with_labels, n_lab)])
+            gold_first, [M.first_error([x for _, _, x in r.ref_steps[:n]]) for r, n in zip(with_labels, n_lab, strict=True)])
     report = {"trace": trace, "best_of_n": bon, "step": step}
     if fidelity:
         d_step = np.abs(s_ref - s_cand) if len(s_ref) else np.zeros(1)

@@ -56,7 +56,7 @@ def simulated_deltas(prm, references, encoded, formats: dict[str, str],
                 mod = prm.body.get_submodule(name)
                 hooks.append(mod.register_forward_hook(_hook(mod.weight.detach(), FORMATS[fmt])))
         step, traj = 0.0, 0.0
-        for (ids, step_tokens), (ref_steps, ref_traj) in zip(encoded, references):
+        for (ids, step_tokens), (ref_steps, ref_traj) in zip(encoded, references, strict=True):
             steps, t = scalar_rewards(prm, ids, step_tokens)
             if len(steps):
                 step = max(step, float(np.abs(steps - ref_steps).max()))

@@ -108,7 +108,7 @@ def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
     captured = capture_inputs(body, token_lists)
     chosen, formats, errors, worst = {}, {}, {}, 0.0
     with torch.no_grad():
-        for i, (layer, xs) in enumerate(zip(body.layers, captured)):
+        for i, (layer, xs) in enumerate(zip(body.layers, captured, strict=True)):
             for point in POINTS:
                 mods = [layer.get_submodule(c) for c in CONSUMERS[point]]
                 x = xs[point]
@@ -127,7 +127,7 @@ def smooth_and_select(body, token_lists, fast_error: float, max_error: float,
                 wide = quant_error(x / s, [w * s for w in weights], WIDE, refs)
                 if alpha is not None:
                     _fold_point(layer, point, s, n_kv, d)
-                for c, e7, e8 in zip(CONSUMERS[point], errs, wide):
+                for c, e7, e8 in zip(CONSUMERS[point], errs, wide, strict=True):
                     fmt = FAST.name if e7 <= fast_error else WIDE.name if e8 <= max_error else FP32
                     name = f"layers.{i}.{c}"
                     formats[name], errors[name] = fmt, {FAST.name: e7, WIDE.name: e8}

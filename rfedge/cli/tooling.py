@@ -1,130 +1,18 @@
-"""The ``rfedge`` command line. JSON to stdout, progress and notices to stderr.
-
-Typed errors become one line and an exit code (2 for usage and data errors, 1 for missed
-tolerances and records that failed in a batch); anything else is a bug and keeps its traceback.
-"""
+"""The export tooling's commands: export, recipes, parity, distill, demo (the export extras)."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from .constants import (DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, DEVICES, PRECISIONS,
-                        TORCH_DEVICES)
-from .errors import MissingExtraError, RfedgeError
-from .scorer import DEFAULT_CACHE_BYTES
-from .output import AtomicOutput, Terminated, raise_on_termination
-from .registry import MODELS
+from ..constants import DEFAULT_ALPHA, PRECISIONS, TORCH_DEVICES
+from .common import export_extra, reports_errors
 
 
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's final flush cannot raise again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-
-
-def _fail(err: RfedgeError) -> None:
-    try:
-        sys.stdout.flush()
-    except OSError:
-        _silence_stdout()
-    click.echo(f"rfedge: error: {err}", err=True)
-    sys.exit(err.exit_code)
-
-
-def reports_errors(fn):
-    """Typed errors -> one line and their exit code; a closed stdout -> 141 (``| head``), as Unix
-    tools do; SIGTERM/SIGHUP -> 128 + signal after temporary files are removed."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        raise_on_termination()
-        try:
-            return fn(*args, **kwargs)
-        except RfedgeError as e:
-            _fail(e)
-        except BrokenPipeError:
-            _silence_stdout()
-            sys.exit(141)
-        except Terminated as t:
-            _silence_stdout()
-            sys.exit(128 + t.signum)
-    return wrapper
-
-
-def _export_extra(module: str):
-    """Import tooling from rfedge_export, or say how to install it."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"rfedge_export.{module}")
-    except ImportError as e:
-        missing = getattr(e, "name", None) or str(e)
-        raise MissingExtraError(
-            f"this command needs the export extras ({missing} is missing): pip install 'rfedge[export]'") from None
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="rfedge")
-def main():
-    """rfedge: score reasoning traces with ReasonFlux-PRM process reward models on the edge."""
-
-
-@main.command()
-@click.argument("trace", type=str)
-@click.option("--model", "model", default=None, help="Model directory from 'rfedge export' (default: "
-              "$RFEDGE_MODEL, then the newest export in $RFEDGE_HOME, then the bundled demo).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="auto uses CUDA when onnxruntime-gpu sees a GPU.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=DEFAULT_BATCH_TOKENS, show_default=True,
-              help="Padded tokens per batch at most (bounds memory); a single trace always fits.")
-@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
-              help="score = mean step reward + alpha x trajectory reward.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="Intra-op threads (0: all cores).")
-@click.option("--cache-mb", type=click.IntRange(min=0), default=DEFAULT_CACHE_BYTES >> 20, show_default=True,
-              help="Prefix cache for keys and values of traces already scored (traces sharing a prompt or a "
-                   "partial trace run only what is new); 0 turns it off.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write results here (atomically) instead of stdout.")
-@reports_errors
-def score(trace, model, device, batch_size, batch_tokens, alpha, threads, cache_mb, output):
-    """Score TRACE (.json with one object or a list, .jsonl, or - for stdin).
-
-    One object in gives one JSON object out; a list or JSONL gives JSONL in input order, with an
-    {"id", "error"} line for each bad record (exit 1 at the end).
-
-    \b
-    Example:
-      rfedge score examples/trace.json
-      cat traces.jsonl | rfedge score - --model ~/.cache/rfedge/models/gen-verse--reasonflux-prm-1.5b-int8
-    """
-    from .home import resolve_model
-    from .jobs import score_source
-    from .scorer import Scorer
-    from .traces import open_traces
-
-    choice = resolve_model(model)
-    source = open_traces(trace)
-    scorer = Scorer.load(choice.path, device=device, alpha=alpha, batch_size=batch_size,
-                         batch_tokens=batch_tokens, threads=threads, cache_bytes=cache_mb << 20)
-    click.echo(f"rfedge: model {scorer.manifest.describe()} [{choice.reason}], device {scorer.device}",
-               err=True)
-    if scorer.manifest.notice:
-        click.echo(f"rfedge: note: {scorer.manifest.notice}", err=True)
-    with AtomicOutput(output) as out:
-        failed = score_source(scorer, source, out)
-    if failed:
-        click.echo(f"rfedge: {failed} record(s) could not be scored; see their 'error' fields", err=True)
-        sys.exit(1)
-
-
-@main.command()
+@click.command()
 @click.argument("source", default="Gen-Verse/ReasonFlux-PRM-1.5B")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output directory (default: $RFEDGE_HOME/models/<source>-<precision>).")
@@ -150,9 +38,9 @@ def export(source, out, precision, int8, recipe, max_length, calibration, max_st
       rfedge export Gen-Verse/ReasonFlux-PRM-1.5B --int8
       rfedge export ./my-prm --precision fp16 --out ./my-prm-fp16
     """
-    from .home import default_export_dir
+    from ..home import default_export_dir
 
-    pipeline = _export_extra("export")
+    pipeline = export_extra("export")
     precision = "int8" if int8 else precision
     target = Path(out) if out else default_export_dir(source, precision)
     manifest = pipeline.export_model(
@@ -164,31 +52,22 @@ def export(source, out, precision, int8, recipe, max_length, calibration, max_st
                            "validation": manifest["validation"]}, indent=2))
 
 
-@main.command()
-@click.argument("task", type=click.Choice(["arith"]), default="arith")
-@click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Number of traces.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--candidates", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Traces per problem (Best-of-N groups, marked by a 'group' field).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write JSONL here (atomically) instead of stdout.")
+@click.command()
 @reports_errors
-def generate(task, n, seed, candidates, output):
-    """Generate synthetic TASK traces as JSONL (trajectory/response format plus labels and correct).
+def recipes():
+    """List the precision recipes of 'rfedge export' (needs the export extras).
 
     \b
     Example:
-      rfedge generate arith --n 200 --seed 7 -o heldout.jsonl
-      rfedge generate arith --n 5 | rfedge score -
+      rfedge recipes
     """
-    from .synth import generate as gen
+    quantize = export_extra("quantize.recipes")
+    for r in quantize.RECIPES:
+        default = " (default)" if quantize.DEFAULT_RECIPE[r.precision] == r.name else ""
+        click.echo(f"{r.name:14} {r.precision:5} {r.description}{default}")
 
-    with AtomicOutput(output) as out:
-        for record in gen(task, n, seed, candidates):
-            out.write(json.dumps(record) + "\n")
 
-
-@main.command()
+@click.command()
 @click.argument("data", type=str)
 @click.option("--reference", "reference", required=True,
               help="Reference checkpoint (local dir or hub id), e.g. Gen-Verse/ReasonFlux-PRM-7B.")
@@ -201,7 +80,7 @@ def generate(task, n, seed, candidates, output):
 @click.option("--negative-token", type=int, default=None, help="lm-tokens: vocabulary id of the 'wrong' verdict.")
 @click.option("--reference-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", type=click.Choice(TORCH_DEVICES), default="cpu", show_default=True)
-@click.option("--alpha", type=float, default=1.0, show_default=True)
+@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True)
 @click.option("--cache", type=click.Path(dir_okay=False), default=None,
               help="Reference reward cache (default: OUT/reference_cache.jsonl).")
 @click.option("--min-spearman", type=float, default=None, help="Gate: trace-score Spearman at least this.")
@@ -224,7 +103,7 @@ def parity(data, reference, candidate, out, layout, positive_token, negative_tok
           --candidate ~/.cache/rfedge/models/gen-verse--reasonflux-prm-1.5b-int8 --out parity-report \\
           --min-spearman 0.8 --min-bon-agreement 0.6
     """
-    parity_mod = _export_extra("parity.run")
+    parity_mod = export_extra("parity.run")
     from tqdm import tqdm
 
     report = parity_mod.run_parity(
@@ -238,7 +117,7 @@ def parity(data, reference, candidate, out, layout, positive_token, negative_tok
     click.echo(f"rfedge parity: report in {out} ({', '.join(report['plots'])})", err=True)
 
 
-@main.command()
+@click.command()
 @click.argument("data", type=str)
 @click.option("--teacher", required=True, help="Reference PRM (local dir or hub id), e.g. Gen-Verse/ReasonFlux-PRM-7B.")
 @click.option("--teacher-head", type=click.Choice(["two-class", "lm-tokens", "scalar"]), default=None,
@@ -268,7 +147,7 @@ def distill(data, teacher, teacher_head, student, out, epochs, lr, batch_size, u
           --student Gen-Verse/ReasonFlux-PRM-1.5B --out prm-1.5b-distilled --device cuda --dtype bf16
       rfedge export prm-1.5b-distilled --int8
     """
-    distill_mod = _export_extra("distill")
+    distill_mod = export_extra("distill")
     cfg = distill_mod.DistillConfig(epochs=epochs, lr=lr, batch_size=batch_size, unfreeze_layers=unfreeze_layers,
                                     max_length=max_length, label_weight=label_weight, head=head, device=device,
                                     dtype=dtype)
@@ -277,7 +156,7 @@ def distill(data, teacher, teacher_head, student, out, epochs, lr, batch_size, u
                           {"final_loss": info["loss_history"][-1] if info["loss_history"] else None}, indent=2))
 
 
-@main.group()
+@click.group()
 def demo():
     """Train, export and evaluate the demo PRM pair on the synthetic arith task (export extras)."""
 
@@ -295,7 +174,7 @@ def demo_build(out, steps, bundle, reuse):
     Example:
       rfedge demo build --out demo-work --bundle
     """
-    _export_extra("demo.build").build_demo(Path(out), steps, bundle, reuse, echo=click.echo)
+    export_extra("demo.build").build_demo(Path(out), steps, bundle, reuse, echo=click.echo)
 
 
 @demo.command("evaluate")
@@ -310,36 +189,5 @@ def demo_evaluate(workdir, n, seed):
     Example:
       rfedge demo evaluate demo-work --n 400
     """
-    build = _export_extra("demo.build")
+    build = export_extra("demo.build")
     build.gate(build.evaluate(Path(workdir), n, seed, echo=click.echo))
-
-
-@main.command()
-def models():
-    """List the model families rfedge knows.
-
-    \b
-    Example:
-      rfedge models
-    """
-    for m in MODELS:
-        click.echo(f"{m.name:22} {m.role:9} {m.layout:12} {m.hub_id or '(bundled)':32} {m.description}")
-
-
-@main.command()
-@reports_errors
-def recipes():
-    """List the precision recipes of 'rfedge export' (needs the export extras).
-
-    \b
-    Example:
-      rfedge recipes
-    """
-    quantize = _export_extra("quantize.recipes")
-    for r in quantize.RECIPES:
-        default = " (default)" if quantize.DEFAULT_RECIPE[r.precision] == r.name else ""
-        click.echo(f"{r.name:14} {r.precision:5} {r.description}{default}")
-
-
-if __name__ == "__main__":
-    main()
