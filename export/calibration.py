@@ -7,7 +7,8 @@ traces with ``rfedge export --calibration FILE``.
 
 from __future__ import annotations
 
-from rfedge.traces import Trace, parse_trace, read_traces
+from rfedge.sources import read_traces
+from rfedge.traces import Trace, parse_trace
 
 _ARITH = [
     ("Start with 12. Then add 7, subtract 5, and add 30. What is the final number?",

@@ -25,7 +25,7 @@ from rfedge.batching import pad_right
 from rfedge.constants import TOKENIZER_FILE
 from rfedge.errors import UsageError
 from rfedge.tokenization import TraceTokenizer
-from rfedge.traces import read_traces
+from rfedge.sources import read_traces
 
 from .checkpoint.heads import make_step_head
 from .checkpoint.source import STEP_HEAD_FILE

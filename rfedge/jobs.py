@@ -6,16 +6,12 @@ record in input order, a bad record an ``{"id", "error"}`` line in its place.
 
 from __future__ import annotations
 
-import json
-from typing import IO, Any
+from typing import IO
 
 from .errors import TraceFormatError
-from .traces import Record, TraceSource
-
-
-def json_line(obj: Any) -> str:
-    """Strict JSON (no NaN or infinities), UTF-8 kept as is, one line."""
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
+from .sinks import json_line
+from .sources import TraceSource
+from .traces import Record
 
 
 def result_line(record: Record, result) -> dict:

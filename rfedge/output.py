@@ -34,9 +34,10 @@ def _umask() -> int:
 class AtomicOutput:
     """A context manager giving a text stream for ``path`` (``None`` or ``-``: stdout)."""
 
-    def __init__(self, path: str | os.PathLike | None, option: str = "--output"):
+    def __init__(self, path: str | os.PathLike | None, option: str = "--output", binary: bool = False):
         self.path = None if path is None or str(path) == STDOUT else Path(path)
         self.option = option
+        self.binary = binary
         self._tmp: Path | None = None
         self._fh: IO[str] | None = None
 
@@ -45,7 +46,7 @@ class AtomicOutput:
 
     def __enter__(self) -> IO[str]:
         if self.path is None:
-            return sys.stdout
+            return sys.stdout.buffer if self.binary else sys.stdout
         target = Path(os.path.realpath(self.path))  # a link's target is replaced, the link stays
         if target.exists() and not target.is_file():
             if target.is_dir():
@@ -59,12 +60,12 @@ class AtomicOutput:
         except OSError as e:
             raise OutputError(f"{self._describe()}: cannot write in {target.parent} ({e.strerror})") from None
         self._tmp, self._target = Path(tmp), target
-        self._fh = os.fdopen(fd, "w", encoding="utf-8")
+        self._fh = os.fdopen(fd, "wb") if self.binary else os.fdopen(fd, "w", encoding="utf-8")
         return self._fh
 
     def _open_stream(self, target: Path) -> IO[str]:
         try:
-            return open(target, "w", encoding="utf-8")
+            return open(target, "wb") if self.binary else open(target, "w", encoding="utf-8")
         except OSError as e:
             raise OutputError(f"{self._describe()}: cannot open for writing ({e.strerror})") from None
 

@@ -1,4 +1,4 @@
-"""Reading reasoning traces: the accepted record formats and the files that hold them.
+"""Reasoning traces: the accepted record formats, parsed into :class:`Trace` (:mod:`.sources` reads files).
 
 A record becomes a :class:`Trace` (problem + completion text, optional id and labels). Formats:
 
@@ -13,15 +13,11 @@ A record becomes a :class:`Trace` (problem + completion text, optional id and la
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from .constants import STEP_SEPARATOR, THINK_CLOSE, THINK_OPEN
 from .errors import TraceFormatError
-
-STEP_SEPARATOR = "\n\n"
 
 
 @dataclass(frozen=True)
@@ -48,7 +44,22 @@ class Record:
 
 
 def render_think(trajectory: str, response: str) -> str:
-    return "<think>\n" + trajectory + "\n</think>\n\n" + response
+    return f"{THINK_OPEN}\n{trajectory}\n{THINK_CLOSE}\n\n{response}"
+
+
+def valid_id(value: Any) -> bool:
+    """An id rfedge echoes: an integer, or a string that is valid Unicode (no unpaired surrogate)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            return False
+    return False
 
 
 def _text_or_steps(obj: dict, key: str) -> str:
@@ -130,8 +141,8 @@ def parse_trace(obj: Any) -> Trace:
         if all(k in obj for k in keys):
             problem, completion = convert(obj)
             trace_id = obj.get("id")
-            if trace_id is not None and not isinstance(trace_id, (str, int)):
-                raise TraceFormatError("field 'id' must be a string or an integer")
+            if trace_id is not None and not valid_id(trace_id):
+                raise TraceFormatError("field 'id' must be a string (valid Unicode) or an integer")
             return Trace(problem=problem, completion=completion, id=trace_id, labels=_labels(obj),
                          extra={k: obj[k] for k in ("group", "correct") if k in obj})
     present = ", ".join(k.encode("unicode_escape").decode("ascii") for k in sorted(obj)) or "none"
@@ -141,94 +152,3 @@ def parse_trace(obj: Any) -> Trace:
 def _json_type(obj: Any) -> str:
     return {list: "an array", str: "a string", int: "a number", float: "a number",
             bool: "a boolean", type(None): "null"}.get(type(obj), type(obj).__name__)
-
-
-def _record(where: str, obj: Any) -> Record:
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    try:
-        return Record(where=where, trace=parse_trace(obj), id=rid)
-    except TraceFormatError as e:
-        return Record(where=where, error=TraceFormatError(e.reason, where), id=rid)
-
-
-@dataclass
-class TraceSource:
-    """An opened trace input. ``single`` is True when it held one JSON object (one result out)."""
-
-    name: str
-    single: bool
-    records: Iterator[Record]
-
-
-def _json_error(name: str, err: json.JSONDecodeError, line_offset: int = 0) -> TraceFormatError:
-    return TraceFormatError(
-        f"invalid JSON at line {err.lineno + line_offset}, column {err.colno}: {err.msg}", name)
-
-
-def _jsonl_records(name: str, lines) -> Iterator[Record]:
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{name}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield Record(where=where, error=TraceFormatError(f"invalid JSON: {e.msg}", where))
-            continue
-        yield _record(where, obj)
-
-
-def _whole_json(name: str, text: str) -> TraceSource:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _json_error(name, e) from None
-    if isinstance(obj, list):
-        return TraceSource(name, False, iter([_record(f"{name}[{i}]", o) for i, o in enumerate(obj)]))
-    record = _record(name, obj)
-    if record.error is not None:
-        raise record.error
-    return TraceSource(name, True, iter([record]))
-
-
-def open_traces(path: str) -> TraceSource:
-    """Open ``path`` (``.json``, ``.jsonl`` or ``-`` for stdin). JSONL is streamed line by line."""
-    if path == "-":
-        text = sys.stdin.read()
-        stripped = text.lstrip()
-        try:
-            return _whole_json("<stdin>", text)
-        except TraceFormatError:
-            if stripped.startswith("{") and "\n" in stripped.strip():
-                return TraceSource("<stdin>", False, _jsonl_records("<stdin>", text.splitlines()))
-            raise
-    p = Path(path)
-    if not p.is_file():
-        raise TraceFormatError("no such trace file; pass a .json or .jsonl file, or - for stdin", path)
-    if p.suffix == ".jsonl":
-        def lines():
-            with p.open(encoding="utf-8", errors="strict") as f:
-                yield from f
-        return TraceSource(path, False, _guard_decode(path, _jsonl_records(path, lines())))
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise TraceFormatError(f"not UTF-8 text (byte {e.start}); save the file as UTF-8", path) from None
-    return _whole_json(path, text)
-
-
-def read_traces(path: str) -> list[Trace]:
-    """All traces of ``path``, raising on the first bad record (for tools that need a clean set)."""
-    out = []
-    for record in open_traces(path).records:
-        if record.error is not None:
-            raise record.error
-        out.append(record.trace)
-    return out
-
-
-def _guard_decode(name: str, records: Iterator[Record]) -> Iterator[Record]:
-    try:
-        yield from records
-    except UnicodeDecodeError as e:
-        raise TraceFormatError(f"not UTF-8 text (byte {e.start}); save the file as UTF-8", name) from None

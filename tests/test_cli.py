@@ -39,7 +39,7 @@ def test_jsonl_bad_records_keep_their_place_and_exit_1(fp32_export, tmp_path):
     out = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(out) == 5
     assert out[0]["id"] == "g" and "score" in out[0]
-    assert out[1] == {"error": f"{f}:2: invalid JSON: Expecting property name enclosed in double quotes"}
+    assert out[1] == {"error": f"{f}:2: invalid JSON at column 2: Expecting property name enclosed in double quotes"}
     assert out[2] == {"id": "x", "error": f"{f}:3: field 'problem' must be a string, got int"}
     assert out[3] == {"id": "empty", "error": f"{f}:4: trace has no text to score (problem and completion are empty)"}
     assert out[4]["id"] == "last" and "score" in out[4]
@@ -54,8 +54,8 @@ def test_stdin_and_output_file(fp32_export, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["score", "{tmp}/missing.json"], "rfedge: error: {tmp}/missing.json: no such trace file; pass a .json or "
-                                      ".jsonl file, or - for stdin\n"),
+    (["score", "{tmp}/missing.json"], "rfedge: error: {tmp}/missing.json: no such trace file; pass a .jsonl, "
+                                      ".json or .parquet file, or - for stdin\n"),
     (["score", "{tmp}/bad.json"], "rfedge: error: {tmp}/bad.json: field 'problem' must be a string, got list\n"),
     (["score", "{tmp}/good.json", "--model", "{tmp}/nomodel"],
      "rfedge: error: {tmp}/nomodel: no such model directory; export one with 'rfedge export'\n"),
@@ -133,7 +133,8 @@ def test_runtime_never_imports_torch(fp32_export, tmp_path):
     trace = write_json(tmp_path / "t.json", GOOD)
     code = (
         "import sys, atexit\n"
-        "heavy = ('torch', 'transformers', 'optimum', 'bitsandbytes', 'rfedge_export')\n"
+        "heavy = ('torch', 'transformers', 'optimum', 'bitsandbytes', 'rfedge_export', 'its_hub', 'reward_hub',"
+        " 'trl', 'ray', 'fastapi', 'uvicorn', 'starlette', 'pyarrow', 'httpx')\n"
         "atexit.register(lambda: print('HEAVY:' + ','.join(m for m in heavy if m in sys.modules), file=sys.stderr))\n"
         "import rfedge, rfedge.cli\n"
         f"sys.argv = ['rfedge', 'score', {str(trace)!r}, '--model', {str(fp32_export)!r}]\n"

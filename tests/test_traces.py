@@ -5,7 +5,8 @@ import json
 import pytest
 
 from rfedge.errors import TraceFormatError
-from rfedge.traces import open_traces, parse_trace
+from rfedge.sources import open_traces
+from rfedge.traces import parse_trace
 
 
 def test_trajectory_response_lists_and_strings():
@@ -46,7 +47,10 @@ def test_chat_without_reasoning_content():
     ({"messages": [{"role": "assistant", "content": "a"}]},
      "field 'messages' has no user message; the last one is the problem"),
     ({"problem": "p", "completion": "c", "labels": "yes"}, "field 'labels' must be a list of numbers or booleans"),
-    ({"problem": "p", "completion": "c", "id": [1]}, "field 'id' must be a string or an integer"),
+    ({"problem": "p", "completion": "c", "id": [1]}, "field 'id' must be a string (valid Unicode) or an integer"),
+    ({"problem": "p", "completion": "c", "id": "x\udc80"},
+     "field 'id' must be a string (valid Unicode) or an integer"),
+    ({"problem": "p", "completion": "c", "id": True}, "field 'id' must be a string (valid Unicode) or an integer"),
 ])
 def test_bad_records_have_exact_messages(obj, message):
     with pytest.raises(TraceFormatError) as e:
@@ -60,7 +64,7 @@ def test_jsonl_keeps_every_record_and_says_where(tmp_path):
     records = list(open_traces(str(f)).records)
     assert [r.where for r in records] == [f"{f}:1", f"{f}:2", f"{f}:4"]
     assert records[0].trace is not None
-    assert str(records[1].error).startswith(f"{f}:2: invalid JSON: ")
+    assert str(records[1].error) == f"{f}:2: invalid JSON at column 2: Expecting property name enclosed in double quotes"
     assert str(records[2].error) == f"{f}:4: field 'problem' must be a string, got int"
 
 
@@ -78,7 +82,7 @@ def test_json_list_and_single(tmp_path):
 def test_missing_file_and_invalid_json(tmp_path):
     with pytest.raises(TraceFormatError) as e:
         open_traces(str(tmp_path / "nope.json"))
-    assert str(e.value) == f"{tmp_path / 'nope.json'}: no such trace file; pass a .json or .jsonl file, or - for stdin"
+    assert str(e.value) == f"{tmp_path / 'nope.json'}: no such trace file; pass a .jsonl, .json or .parquet file, or - for stdin"
     bad = tmp_path / "bad.json"
     bad.write_text('{"problem": ')
     with pytest.raises(TraceFormatError) as e:

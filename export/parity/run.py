@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from rfedge.errors import ValidationError
-from rfedge.traces import Trace, read_traces
+from rfedge.sources import read_traces
+from rfedge.traces import Trace
 
 from ..bounds import failures
 from ..progress import log as _log

@@ -7,33 +7,20 @@ import sys
 
 import click
 
-from ..constants import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, DEVICES
 from ..output import AtomicOutput
 from ..registry import MODELS
-from ..scorer import DEFAULT_CACHE_BYTES
-from .common import reports_errors
+from .common import input_options, load_scorer, reports_errors, scorer_options
 
 
 @click.command()
 @click.argument("trace", type=str)
-@click.option("--model", "model", default=None, help="Model directory from 'rfedge export' (default: "
-              "$RFEDGE_MODEL, then the newest export in $RFEDGE_HOME, then the bundled demo).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="auto uses CUDA when onnxruntime-gpu sees a GPU.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=DEFAULT_BATCH_TOKENS, show_default=True,
-              help="Padded tokens per batch at most (bounds memory); a single trace always fits.")
-@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
-              help="score = mean step reward + alpha x trajectory reward.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="Intra-op threads (0: all cores).")
-@click.option("--cache-mb", type=click.IntRange(min=0), default=DEFAULT_CACHE_BYTES >> 20, show_default=True,
-              help="Prefix cache for keys and values of traces already scored (traces sharing a prompt or a "
-                   "partial trace run only what is new); 0 turns it off.")
+@scorer_options
+@input_options
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write results here (atomically) instead of stdout.")
 @reports_errors
-def score(trace, model, device, batch_size, batch_tokens, alpha, threads, cache_mb, output):
-    """Score TRACE (.json with one object or a list, .jsonl, or - for stdin).
+def score(trace, output, fmt, max_record_mb, **options):
+    """Score TRACE (.jsonl, .json with one object or a list, .parquet, or - for stdin).
 
     One object in gives one JSON object out; a list or JSONL gives JSONL in input order, with an
     {"id", "error"} line for each bad record (exit 1 at the end).
@@ -43,23 +30,58 @@ def score(trace, model, device, batch_size, batch_tokens, alpha, threads, cache_
       rfedge score examples/trace.json
       cat traces.jsonl | rfedge score - --model ~/.cache/rfedge/models/gen-verse--reasonflux-prm-1.5b-int8
     """
-    from ..home import resolve_model
     from ..jobs import score_source
-    from ..scorer import Scorer
-    from ..traces import open_traces
+    from ..sources import open_traces
 
-    choice = resolve_model(model)
-    source = open_traces(trace)
-    scorer = Scorer.load(choice.path, device=device, alpha=alpha, batch_size=batch_size,
-                         batch_tokens=batch_tokens, threads=threads, cache_bytes=cache_mb << 20)
-    click.echo(f"rfedge: model {scorer.manifest.describe()} [{choice.reason}], device {scorer.device}",
-               err=True)
-    if scorer.manifest.notice:
-        click.echo(f"rfedge: note: {scorer.manifest.notice}", err=True)
+    source = open_traces(trace, fmt, max_record_mb << 20)
+    scorer = load_scorer(**options)
     with AtomicOutput(output) as out:
         failed = score_source(scorer, source, out)
     if failed:
         click.echo(f"rfedge: {failed} record(s) could not be scored; see their 'error' fields", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("data", type=str)
+@click.option("--top-k", type=click.IntRange(min=1), required=True, help="Records kept per group.")
+@click.option("--group-by", default=None, help="Group by this field of the record (default: identical problem).")
+@click.option("--min-score", type=float, default=None, help="Keep only records scoring at least this.")
+@scorer_options
+@input_options
+@click.option("--output", "-o", default=None, help="Write the kept records here (.jsonl or .parquet; default: stdout).")
+@click.option("--output-format", type=click.Choice(["jsonl", "parquet"]), default=None,
+              help="Output format (default: by the output's suffix, JSON lines for stdout).")
+@click.option("--errors", "errors_path", default=None,
+              help="Records that could not be scored, one JSON line each (default: OUT.errors.jsonl; stderr when "
+                   "the output is stdout).")
+@reports_errors
+def select(data, top_k, group_by, min_score, output, output_format, errors_path, fmt, max_record_mb, **options):
+    """Keep the TOP-K best-scoring records of each group of DATA (.jsonl, .json, .parquet or -): the
+    paper's offline data selection.
+
+    Writes the original records that were kept, in input order, each with an added "rfedge" field
+    {score, trajectory_reward, rank}. Memory is bounded by groups x K, not by the file.
+
+    \b
+    Example:
+      rfedge generate arith --n 4000 --candidates 4 -o candidates.jsonl
+      rfedge select candidates.jsonl --top-k 1 --group-by group -o best.jsonl
+      rfedge select trajectories.parquet --top-k 2 --min-score 1.2 -o selected.parquet
+    """
+    from ..select import default_errors_path
+    from ..select import select as run_select
+    from ..sources import check_input
+
+    if data != "-":
+        check_input(data)
+    scorer = load_scorer(**options)
+    errors_path = errors_path or default_errors_path(output)
+    stats = run_select(scorer, data, output, top_k, group_by, min_score, fmt, errors_path, max_record_mb << 20,
+                       output_format)
+    where = f" (see {errors_path})" if stats.errors and errors_path else ""
+    click.echo(f"rfedge select: {stats.summary(top_k)}{where}", err=True)
+    if stats.errors:
         sys.exit(1)
 
 
