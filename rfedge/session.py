@@ -57,6 +57,7 @@ class GraphSession:
         self._ort = ort
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.threads = threads
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3

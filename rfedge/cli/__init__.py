@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from .common import reports_errors  # noqa: F401
-from .scoring import generate, models, score, select
+from .scoring import generate, models, score, select, serve
 from .tooling import demo, distill, export, parity, recipes
 
 
@@ -21,5 +21,5 @@ def main():
     """rfedge: score reasoning traces with ReasonFlux-PRM process reward models on the edge."""
 
 
-for command in (score, select, generate, models, export, recipes, parity, distill, demo):
+for command in (score, select, serve, generate, models, export, recipes, parity, distill, demo):
     main.add_command(command)

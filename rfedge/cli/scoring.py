@@ -86,6 +86,44 @@ def select(data, top_k, group_by, min_score, output, output_format, errors_path,
 
 
 @click.command()
+@scorer_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
+@click.option("--max-batch-tokens", type=click.IntRange(min=0), default=16384, show_default=True,
+              help="Token budget of a batch gathered across requests (0: no batching across requests).")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a request waits for others to batch with.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Requests waiting at most; more get 503 with Retry-After.")
+@click.option("--max-request-bytes", type=click.IntRange(min=1), default=16 << 20, show_default=True,
+              help="Larger request bodies get 413 (without being read).")
+@click.option("--api-key", default=None, envvar="RFEDGE_API_KEY",
+              help="Require 'Authorization: Bearer KEY' (also $RFEDGE_API_KEY).")
+@click.option("--served-name", default=None, help="The model name clients send and /v1/models lists "
+              "(default: the export's source id).")
+@reports_errors
+def serve(host, port, max_batch_tokens, batch_wait_ms, max_queue, max_request_bytes, api_key, served_name, **options):
+    """Serve the model over HTTP: vLLM's POST /pooling for process reward models, rfedge's POST
+    /v1/score, GET /v1/models, /health and /metrics (the serve extras).
+
+    \b
+    Example:
+      rfedge serve --model ~/.cache/rfedge/models/gen-verse--reasonflux-prm-1.5b-int8 --port 8001
+      curl -s localhost:8001/pooling -d '{"input": "2 + 3 = 5<extra_0>The answer is 5.<extra_0>"}'
+    """
+    from ..extras import require
+
+    require("fastapi", "serve", "rfedge serve")
+    require("uvicorn", "serve", "rfedge serve")
+    from ..serve.app import ServeConfig
+    from ..serve.run import serve as run_server
+
+    scorer = load_scorer(**options)
+    config = ServeConfig(max_batch_tokens, batch_wait_ms, max_queue, max_request_bytes, api_key, served_name)
+    run_server(scorer, host, port, config)
+
+
+@click.command()
 @click.argument("task", type=click.Choice(["arith"]), default="arith")
 @click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Number of traces.")
 @click.option("--seed", type=int, default=0, show_default=True)
