@@ -42,10 +42,17 @@ def batches(seqs: list[np.ndarray], batch: int):
 
 def run_ort(model_dir: str, seqs, batch: int, reps: int, threads: int):
     from rfedge.manifest import load_manifest
+    from rfedge.scorer import Scorer
     from rfedge.session import GraphSession
 
     t0 = time.perf_counter()
-    session = GraphSession(load_manifest(model_dir), device="cpu", threads=threads)
+    manifest = load_manifest(model_dir)
+    if manifest.cache is not None:  # the cached graph: the engine as Scorer runs it, one pass per sequence, no prefix cache
+        scorer = Scorer.from_manifest(manifest, "cpu", threads, batch_size=batch, cache_bytes=0,
+                                      chunk_tokens=max(len(s) for s in seqs))
+        load = time.perf_counter() - t0
+        return load, lambda: scorer.engine.rewards(seqs)
+    session = GraphSession(manifest, device="cpu", threads=threads)
     load = time.perf_counter() - t0
 
     def once():
@@ -78,9 +85,10 @@ def run_torch(ckpt: str, seqs, batch: int, reps: int, threads: int, kind: str):
 
     if threads:
         torch.set_num_threads(threads)
-    dtype = {"fp32": "fp32", "bf16": "bf16", "bnb8": "fp32"}[kind]
+    dtype = {"fp32": "fp32", "fp32-sdpa": "fp32", "bf16": "bf16", "bnb8": "fp32"}[kind]
     t0 = time.perf_counter()
-    body = load_body(Path(ckpt), dtype=dtype, attn="eager")  # as the ReasonFlux reference runs it
+    # eager as the ReasonFlux reference runs it; fp32-sdpa: transformers' default attention
+    body = load_body(Path(ckpt), dtype=dtype, attn="sdpa" if kind == "fp32-sdpa" else "eager")
     if kind == "bnb8":
         _bnb_int8(body)
     head = load_reward_head(Path(ckpt), body.config.hidden_size).to(body.dtype)

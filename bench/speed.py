@@ -79,8 +79,9 @@ def main():
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--lengths", default="512,2048,8192")
     ap.add_argument("--precisions", default="fp32,int8")
-    ap.add_argument("--torch", default="torch-fp32,torch-bf16,torch-bnb8",
-                    help="comma list of torch backends (torch-fp32, torch-bf16, torch-bnb8)")
+    ap.add_argument("--torch", default="torch-fp32,torch-fp32-sdpa,torch-bf16,torch-bnb8",
+                    help="comma list of torch backends (torch-fp32: HF eager attention as the reference runs it, "
+                         "torch-fp32-sdpa: transformers' default attention, torch-bf16, torch-bnb8)")
     ap.add_argument("--torch-max-T", type=int, default=2048,
                     help="skip torch backends above this length (eager attention at 8192 needs ~10 GB per layer)")
     ap.add_argument("--slow-max-T", type=int, default=512,
@@ -175,19 +176,21 @@ def report(results: dict, layers: int) -> None:
     runs = [r for r in results["runs"] if "unavailable" not in r]
     base = {(r["T"], r["mixed"]): r["tokens_per_s"] for r in runs if r["backend"] == "torch-fp32"}
     bf16 = {(r["T"], r["mixed"]): r["tokens_per_s"] for r in runs if r["backend"] == "torch-bf16"}
-    print("| backend | T | batch | tok/s | x torch fp32 | x torch bf16 | % int8 ceiling | p50 s | p95 s | peak RSS GB | load s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    sdpa = {(r["T"], r["mixed"]): r["tokens_per_s"] for r in runs if r["backend"] == "torch-fp32-sdpa"}
+    print("| backend | T | batch | tok/s | x torch fp32 (eager) | x torch fp32 (SDPA) | x torch bf16 | % int8 ceiling "
+          "| p50 s | p95 s | peak RSS GB | load s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(runs, key=lambda r: (r["mixed"], r["T"])):
         key = (r["T"], r["mixed"])
         c = results["ceiling"].get(r["T"])
         frac = f"{100 * r['tokens_per_s'] / ceiling_tokens_per_s(c, layers, 'int8'):.0f}%" if c and not r["mixed"] else "-"
         ratio = lambda d, r=r, key=key: f"{r['tokens_per_s'] / d[key]:.2f}" if key in d else "-"  # noqa: E731
         label = f"mixed {r['mixed']} x 256..{r['T']}" if r["mixed"] else str(r["T"])
-        print(f"| {r['backend']} | {label} | {r['batch']} | {r['tokens_per_s']:.1f} | {ratio(base)} | {ratio(bf16)} | {frac} | "
+        print(f"| {r['backend']} | {label} | {r['batch']} | {r['tokens_per_s']:.1f} | {ratio(base)} | {ratio(sdpa)} | {ratio(bf16)} | {frac} | "
               f"{r['latency_p50_s']:.2f} | {r['latency_p95_s']:.2f} | {r['peak_rss_gb']:.2f} | {r['load_s']:.1f} |")
     for r in results["runs"]:
         if "unavailable" in r:
-            print(f"| {r['backend']} | {r['T']} | - | unavailable: {r['unavailable']} | | | | | | | |")
+            print(f"| {r['backend']} | {r['T']} | - | unavailable: {r['unavailable']} | | | | | | | | |")
     print("\n| T | int8 GEMM GOP/s | fp32 GEMM GOP/s | GQA s/layer | int8 ceiling tok/s | fp32 ceiling tok/s |")
     print("|---|---|---|---|---|---|")
     for T, c in sorted(results["ceiling"].items(), key=lambda kv: int(kv[0])):

@@ -1,8 +1,10 @@
 """``rfedge export``: load the source, export, quantize, validate, then move into place atomically.
 
-Everything is written to a temporary sibling directory, the manifest last and only once validation
-passed; only then is the directory moved to the output path (:mod:`.install`), so an interrupted
-or failed export never leaves a directory ``rfedge score`` accepts.
+Calibration traces come in two parts (:mod:`.calibration`): the export fits its quantization to one
+and is gated on both, the held-out part included. Everything is written to a temporary sibling
+directory, the manifest last and only once validation passed; only then is the directory moved to
+the output path (:mod:`.install`), so an interrupted or failed export never leaves a directory
+``rfedge score`` accepts. Stages that cannot succeed stop early, with the reason.
 """
 
 from __future__ import annotations
@@ -11,17 +13,17 @@ import datetime as _dt
 import gc
 import shutil
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rfedge import __version__
 from rfedge.constants import GRAPH_FILE, MANIFEST_NAME, PAD_TOKEN_ID, TOKENIZER_FILE
-from rfedge.errors import ModelFilesError, UsageError
+from rfedge.errors import ModelFilesError, UsageError, ValidationError
 from rfedge.interface import CacheShape, cached_io
 from rfedge.manifest import manifest_body, parse_manifest, write_manifest
 from rfedge.tokenization import TraceTokenizer
 
-from .calibration import load_calibration
+from .calibration import Calibration, load_calibration
 from .checkpoint.source import load_scalar_prm, read_config, resolve_source
 from .install import check_out, install
 from .onnx.pooled import PooledPRM
@@ -29,33 +31,60 @@ from .onnx.to_onnx import export_onnx
 from .progress import log as _log
 from .progress import progress as _progress
 from .quantize.recipes import Recipe, get_recipe
-from .validate import reference_rewards, validate
+from .validate import graph_rewards, measure, misses, reference_rewards, validate
 
 DEFAULT_MAX_LENGTH = 32768  # capped by the checkpoint's max_position_embeddings
+MAX_REBUILDS = 2  # rounds that promote more linears when the written graph drifts from the simulation
 
 
-def _smooth_and_fit(prm, tokenizer, traces, references, rec, tol, log) -> tuple[dict, dict]:
-    """Fold SmoothQuant scales into ``prm``, choose each linear's format, fit them to ``tol`` end to end."""
-    from .quantize.fitting import fit_formats
-    from .quantize.embedding import EMBEDDING_BLOCK
-    from .quantize.formats import format_counts
-    from .quantize.smoothing import smooth_and_select
+@dataclass
+class Fit:
+    """What the fitted INT8 recipes decided: each linear's format, and why."""
 
-    encoded = [(e.ids, e.step_tokens[e.step_tokens < len(e.ids)]) for e in map(tokenizer.encode, traces)]
-    log("      searching SmoothQuant scales and weight formats per layer on the calibration activations")
-    smoothing, formats, errors = smooth_and_select(prm.body, [ids for ids, _ in encoded], rec.fast_error,
-                                                   rec.max_error)
-    log(f"      folded into the weights; linears by format {smoothing['formats']}")
-    formats, smoothing["fit"] = fit_formats(prm, references, encoded, formats, errors, tol, EMBEDDING_BLOCK, log)
-    smoothing["formats"] = format_counts(formats)
-    log(f"      linears by format after the fit {smoothing['formats']}")
-    return smoothing, formats
+    formats: dict[str, str]
+    errors: dict[str, dict[str, float]]
+    in_features: dict[str, int]
+    summary: dict
 
 
-def _max_length(cfg: dict, requested: int | None) -> int:
+def _encode(tokenizer, traces) -> list:
+    return [(e.ids, e.step_tokens[e.step_tokens < len(e.ids)]) for e in map(tokenizer.encode, traces)]
+
+
+def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, log) -> Fit:
+    """Rotate, smooth and fit ``prm`` in place; stop here if the held-out traces already miss in simulation."""
+    from .quantize.embedding import EMBEDDING, INT8_BLOCKS
+    from .quantize.fitting import fit_formats, in_features_of, simulated_rewards
+    from .quantize.rotation import online, rotate
+    from .quantize.smoothing import ALPHAS, smooth_and_select
+
+    rotation = rotate(prm) if rec.rotate else None
+    if rotation:
+        log(f"      rotated: {rotation['residual']} residual, online Hadamard blocks of "
+            f"{rotation['down_proj_online_hadamard_block']} before down_proj")
+    fit_enc, held_enc = _encode(tokenizer, cal.fit), _encode(tokenizer, cal.held_out)
+    with online(prm.body):
+        log("      searching SmoothQuant scales and weight formats per linear on the fit traces' activations")
+        smoothing, formats, errors = smooth_and_select(prm.body, [ids for ids, _ in fit_enc], rec.fast_error,
+                                                       rec.max_error, ALPHAS if rec.smooth else (None,))
+        formats, summary = fit_formats(prm, references["fit"], fit_enc, [t.id for t in cal.fit],
+                                       {**formats, EMBEDDING: INT8_BLOCKS}, errors, tol, log)
+        held = measure(references["held_out"], simulated_rewards(prm, held_enc, formats),
+                       [t.id for t in cal.held_out])
+    missed = misses(tol, held, "held_out (simulated): ")
+    if missed:
+        raise ValidationError(
+            "export stopped before writing a graph: even fitted, the quantized model misses on the held-out "
+            f"traces in simulation ({summary['rounds'][-1]['formats']} linears):\n" + "\n".join(missed)
+            + "\ntry --recipe int8-block32 or --precision fp16, or --calibration with traces like yours")
+    return Fit(formats, errors, in_features_of(prm, formats),
+               {"rotation": rotation, "smoothing": smoothing, "fit": summary, "held_out_simulated": asdict(held)})
+
+
+def _max_length(cfg: dict, requested: int | None, config_path: Path) -> int:
     limit = cfg.get("max_position_embeddings", DEFAULT_MAX_LENGTH)
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ModelFilesError(f"config.json: max_position_embeddings must be a positive integer, got {limit!r}")
+        raise ModelFilesError(f"{config_path}: max_position_embeddings must be a positive integer, got {limit!r}")
     max_length = requested or min(DEFAULT_MAX_LENGTH, limit)
     if not 1 <= max_length <= limit:
         raise UsageError(f"--max-length {max_length} is outside 1..{limit} (max_position_embeddings)")
@@ -71,27 +100,24 @@ def _to_onnx(module: PooledPRM, work: Path, log) -> Path:
         return export_onnx(module, work / "fp32" / GRAPH_FILE, param_bytes)
 
 
-def _apply_recipe(rec: Recipe, fp32: Path, formats, work: Path, log) -> tuple[Path, dict]:
-    """The recipe's graph in ``work/model``: (that directory, what the recipe did)."""
-    final = work / "model"
-    final.mkdir()
-    log(f"[4/6] applying {rec.name}: {rec.description}")
-    quant = rec.apply(fp32, final / GRAPH_FILE, formats=formats)
-    shutil.rmtree(fp32.parent)
-    return final, quant
+def _apply(rec: Recipe, fp32: Path, formats, final: Path) -> dict:
+    """The recipe's graph in ``final`` (replacing an earlier build's graph files, keeping the tokenizer)."""
+    final.mkdir(exist_ok=True)
+    for f in final.iterdir():
+        if f.name != TOKENIZER_FILE:
+            f.unlink()
+    return rec.apply(fp32, final / GRAPH_FILE, formats=formats)
 
 
-def _manifest_data(src, cfg: dict, cache: CacheShape, rec: Recipe, quant: dict, smoothing, max_length: int,
+def _manifest_data(src, cfg: dict, cache: CacheShape, rec: Recipe, quant: dict, max_length: int,
                    has_step_head: bool, source_id: str | None, notice: str | None) -> dict:
     inputs, outputs = cached_io(cache.layers)
     pad = cfg.get("eos_token_id")
     data = {
         "source": {"id": source_id or src.id, "revision": src.revision, "layout": src.layout,
                    "hidden_size": cfg.get("hidden_size"), "num_hidden_layers": cfg.get("num_hidden_layers")},
-        "precision": rec.precision,
-        "quantization": {"recipe": rec.name, **quant, **({"smoothing": smoothing} if smoothing else {})},
-        "interface": "cached", "inputs": inputs, "outputs": outputs,
-        "cache": cache.to_dict(),
+        "precision": rec.precision, "quantization": {"recipe": rec.name, **quant},
+        "interface": "cached", "inputs": inputs, "outputs": outputs, "cache": cache.to_dict(),
         "token_independent": rec.token_independent,
         "graph": GRAPH_FILE, "tokenizer": TOKENIZER_FILE, "max_length": max_length,
         "pad_token_id": pad if isinstance(pad, int) and not isinstance(pad, bool) else PAD_TOKEN_ID,
@@ -104,32 +130,59 @@ def _manifest_data(src, cfg: dict, cache: CacheShape, rec: Recipe, quant: dict, 
     return data
 
 
+def _scorer(final: Path, data: dict):
+    from rfedge.scorer import Scorer
+
+    manifest = parse_manifest(final, manifest_body(final, data), final / MANIFEST_NAME)
+    return Scorer.from_manifest(manifest, device="cpu", cache_bytes=0)
+
+
+def _correct_drift(rec: Recipe, fp32: Path, final: Path, data: dict, fit: Fit, cal: Calibration, references,
+                   tol, log) -> dict:
+    """Check the written graph on the fit traces (not a simulation); where it misses the fit's aim
+    widened halfway to the tolerance, promote more linears and rebuild, at most MAX_REBUILDS times."""
+    from .quantize.fitting import MARGIN, aim, promote_round
+    from .quantize.formats import format_counts
+
+    rounds = []
+    for attempt in range(MAX_REBUILDS + 1):
+        measured = measure(references["fit"], graph_rewards(_scorer(final, data), cal.fit), [t.id for t in cal.fit])
+        missed = misses(aim(tol, (1 + MARGIN) / 2), measured)
+        rounds.append({"max_abs_step": measured.max_abs_step, "max_abs_trajectory": measured.max_abs_trajectory,
+                       "spearman_trajectory": measured.spearman_trajectory, "formats": format_counts(fit.formats)})
+        if not missed or attempt == MAX_REBUILDS or not promote_round(fit.formats, fit.errors, fit.in_features):
+            break
+        log(f"      the graph drifts from the simulation on the fit traces ({'; '.join(m[2:] for m in missed)}); "
+            f"promoting more linears: {format_counts(fit.formats)}")
+        data["quantization"] = {"recipe": rec.name, **_apply(rec, fp32, fit.formats, final)}
+    return {**fit.summary, "graph_on_fit_traces": rounds}
+
+
 def export_model(source: str, out: Path, precision: str = "int8", recipe: str | None = None,
                  max_length: int | None = None, calibration: str | None = None,
                  tolerance: dict | None = None, revision: str | None = None,
-                 notice: str | None = None, source_id: str | None = None, log=_log, progress=_progress) -> dict:
+                 notice: str | None = None, source_id: str | None = None, log=_log, progress=_progress,
+                 calibration_only: bool = False) -> dict:
     """Export ``source`` to ``out``; returns the manifest written. Raises ValidationError on a miss."""
-    from rfedge.scorer import Scorer
-
     rec = get_recipe(precision, recipe)
     tol = replace(rec.tolerance, **{k: v for k, v in (tolerance or {}).items() if v is not None})
     out = Path(out)
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    traces = load_calibration(calibration)
+    cal = load_calibration(calibration, builtin=not calibration_only)
     log(f"[1/6] loading {source}")
     src = resolve_source(source, revision)
     cfg = read_config(src.path)
-    max_length = _max_length(cfg, max_length)
+    max_length = _max_length(cfg, max_length, src.path / "config.json")
     if not (src.path / TOKENIZER_FILE).is_file():
         raise ModelFilesError(f"{src.path}: no {TOKENIZER_FILE}; the runtime needs the fast tokenizer file")
     prm = load_scalar_prm(src)
     tokenizer = TraceTokenizer(src.path / TOKENIZER_FILE, max_length)
-    log(f"[2/6] reference rewards of the torch fp32 source on {len(traces)} calibration traces")
-    references = reference_rewards(prm, tokenizer, traces, progress)
-    smoothing, formats = None, None
-    if rec.smooth:
-        smoothing, formats = _smooth_and_fit(prm, tokenizer, traces, references, rec, tol, log)
+    log(f"[2/6] reference rewards of the torch fp32 source on {len(cal.fit)} fit and {len(cal.held_out)} held-out "
+        "calibration traces")
+    references = {"fit": reference_rewards(prm, tokenizer, cal.fit, progress),
+                  "held_out": reference_rewards(prm, tokenizer, cal.held_out, progress)}
+    fit = _fit(prm, tokenizer, cal, references, rec, tol, log) if rec.fitted else None
     module = PooledPRM(prm.body, prm.head, prm.step_head).eval()
     cache, has_step_head = CacheShape(len(module.layers), module.n_kv, module.head_dim), prm.step_head is not None
     del prm
@@ -138,15 +191,20 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
         fp32 = _to_onnx(module, work, log)
         del module  # the torch weights are not needed past this point: free them before quantizing
         gc.collect()
-        final, quant = _apply_recipe(rec, fp32, formats, work, log)
-        data = _manifest_data(src, cfg, cache, rec, quant, smoothing, max_length, has_step_head, source_id, notice)
+        log(f"[4/6] applying {rec.name}: {rec.description}")
+        final = work / "model"
+        quant = _apply(rec, fp32, fit.formats if fit else None, final)
         shutil.copyfile(src.path / TOKENIZER_FILE, final / TOKENIZER_FILE)
-        log("[5/6] validating the written graph against the reference rewards")
-        manifest = parse_manifest(final, manifest_body(final, data), final / MANIFEST_NAME)
-        report = validate(references, Scorer.from_manifest(manifest, device="cpu", cache_bytes=0), traces, tol)
+        data = _manifest_data(src, cfg, cache, rec, quant, max_length, has_step_head, source_id, notice)
+        if fit:
+            data["quantization"]["fit"] = _correct_drift(rec, fp32, final, data, fit, cal, references, tol, log)
+        shutil.rmtree(fp32.parent)
+        log("[5/6] validating the written graph on the fit and the held-out traces")
+        report = validate(references, _scorer(final, data), {"fit": cal.fit, "held_out": cal.held_out}, tol)
         log(f"      {report.summary()}")
         report.raise_on_failure()
         data["validation"] = report.to_dict()
+        data["calibration"] = cal.describe()
         log(f"[6/6] writing {out}")
         body = manifest_body(final, data)
         write_manifest(final, body)  # last: a directory without it, or without a passing validation, is refused

@@ -7,6 +7,15 @@ loads of an unchanged file use a cache keyed by size, mtime, ctime and inode, so
 with the mtime set back is still caught), and refuses anything else with one line naming the file.
 An export writes the manifest last, with its validation results; one without a passing validation
 is refused.
+
+What ONNX Runtime is allowed to read: the session opens the graph by its path, and the graph may
+name external-data files that ONNX Runtime resolves against the directory. Two guarantees hold
+before it opens anything (:func:`rfedge.onnxfile.check_external_data`, run by every
+:class:`~rfedge.session.GraphSession`): every external-data location in the graph is a plain name
+(no ``..``, no absolute path, no subdirectory) of a file listed under ``files``, and every listed
+file was checked here, size and sha256, and is not a symbolic link. A file of the directory that is
+not listed is refused on its own, so nothing unhashed sits beside the graph. The vocabulary-bound
+fields (``pad_token_id``) are checked against the tokenizer once it is loaded (:func:`check_pad_token`).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from typing import Any, Callable
 
 from .constants import FORMAT_NAME, GRAPH_FILE, MANIFEST_NAME, PAD_TOKEN_ID, PRECISIONS, TOKENIZER_FILE
 from .errors import ModelFilesError
-from .interface import POOLED_INPUTS, POOLED_OUTPUTS, CacheShape
+from .interface import POOLED_INPUTS, POOLED_OUTPUTS, CacheShape, cached_io
 
 FORMAT_VERSION = 2  # 2: the cached interface; 1: the pooled interface of rfedge 0.1 (still scored)
 SUPPORTED_VERSIONS = (1, 2)
@@ -220,7 +229,33 @@ def parse_manifest(directory: Path, data: dict, path: Path) -> Manifest:
     for name in (m.graph, m.tokenizer):
         if name not in files:
             raise ModelFilesError(f"{path}: '{name}' is not listed under files; re-export the model")
+    _check_interface(f, m)
     return m
+
+
+def _check_interface(f: _Fields, m: Manifest) -> None:
+    """Inputs and outputs name the interface the format and cache describe, each once (in any order)."""
+    if m.cache:
+        n = m.cache.layers - 1
+        expected = dict(zip(("inputs", "outputs"), cached_io(m.cache.layers), strict=True))
+        what = {"inputs": f"input_ids, attention_mask, past_length, past_key_values.{{0..{n}}}.{{key,value}}",
+                "outputs": f"token_step_rewards, token_trajectory_rewards, present.{{0..{n}}}.{{key,value}}"}
+        interface = f"the cached interface's {{}} for cache.layers {m.cache.layers}"
+    else:
+        expected = {"inputs": POOLED_INPUTS, "outputs": POOLED_OUTPUTS}
+        what = {k: ", ".join(v) for k, v in expected.items()}
+        interface = "the pooled interface's {}"
+    for key, names in (("inputs", m.inputs), ("outputs", m.outputs)):
+        if sorted(names) != sorted(expected[key]):
+            raise f.bad(key, f"{interface.format(key)} ({what[key]}), each once")
+
+
+def check_pad_token(m: Manifest, vocab_size: int) -> None:
+    """The pad id must be a token of the manifest's tokenizer (the graph's embedding gathers it)."""
+    if not 0 <= m.pad_token_id < vocab_size:
+        raise ModelFilesError(
+            f"{m.directory / MANIFEST_NAME}: malformed manifest, field 'pad_token_id' must be a token id of "
+            f"{m.tokenizer}, in 0..{vocab_size - 1}, got {m.pad_token_id}; re-export the model")
 
 
 def verify_files(m: Manifest) -> None:

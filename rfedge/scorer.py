@@ -22,7 +22,7 @@ from .constants import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
 from .engine import Engine
 from .errors import TraceFormatError, UsageError
 from .kvcache import PrefixCache
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, check_pad_token, load_manifest
 from .session import GraphSession
 from .tokenization import Encoded, TraceTokenizer
 from .traces import Record, Trace, parse_trace
@@ -105,8 +105,9 @@ class Scorer:
     @classmethod
     def from_manifest(cls, manifest: Manifest, device: str = "auto", threads: int = 0, **options) -> "Scorer":
         """A scorer for an already checked manifest (``load`` checks it; the export builds one in memory)."""
-        session = GraphSession(manifest, device=device, threads=threads)
-        return cls(manifest, session, TraceTokenizer(manifest.tokenizer_path, manifest.max_length), **options)
+        tokenizer = TraceTokenizer(manifest.tokenizer_path, manifest.max_length)
+        check_pad_token(manifest, tokenizer.vocab_size)
+        return cls(manifest, GraphSession(manifest, device=device, threads=threads), tokenizer, **options)
 
     @property
     def device(self) -> str:

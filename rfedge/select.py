@@ -85,18 +85,24 @@ class _TopK:
         return out
 
 
-def _score_pass(scorer, rows: Iterator[Row], top_k: int, group_by: str | None, min_score: float | None,
-                errors) -> tuple[dict[int, dict], Selection]:
-    """Pass 1: the kept records' numbers by record number, and the counts."""
-    best, pending, stats = _TopK(top_k), deque(), Selection()
+def scored_rows(scorer, rows: Iterator[Row]) -> Iterator[tuple[Row, Record, object]]:
+    """(row, record, result or TraceFormatError) for each row, in order, scored in this process."""
+    pending: deque = deque()
 
     def records() -> Iterator[Record]:
         for row in rows:
             pending.append(row)
             yield to_record(row)
 
-    for index, (record, result) in enumerate(scorer.score_records(records())):
-        row = pending.popleft()
+    for record, result in scorer.score_records(records()):
+        yield pending.popleft(), record, result
+
+
+def _score_pass(scored: Iterator[tuple[Row, Record, object]], top_k: int, group_by: str | None,
+                min_score: float | None, errors) -> tuple[dict[int, dict], Selection]:
+    """Pass 1: the kept records' numbers by record number, and the counts."""
+    best, stats = _TopK(top_k), Selection()
+    for index, (row, record, result) in enumerate(scored):
         stats.records += 1
         try:
             if isinstance(result, TraceFormatError):
@@ -126,20 +132,22 @@ def _rfedge_schema(source: Path):
 def select(scorer, data: str, output: str | None, top_k: int, group_by: str | None = None,
            min_score: float | None = None, fmt: str = "auto", errors_path: str | None = None,
            max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, output_fmt: str | None = None,
-           batch_rows: int = 512) -> Selection:
-    """Select the ``top_k`` best records per group of ``data`` into ``output`` (see the module doc)."""
+           batch_rows: int = 512, score=None) -> Selection:
+    """Select the ``top_k`` best records per group of ``data`` into ``output`` (see the module doc).
+    ``score(path, fmt)``: the scored rows of pass 1 from elsewhere (``--ray``), else ``scorer`` scores here."""
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     with _rereadable(data, fmt) as (path, fmt):
+        name = "<stdin>" if data == "-" else None
         errors_out = AtomicOutput(errors_path, "--errors") if errors_path else nullcontext(sys.stderr)
         with errors_out as errors:
-            kept, stats = _score_pass(scorer, open_traces(path, fmt, max_record_bytes).rows, top_k, group_by,
-                                      min_score, errors)
+            scored = score(path, fmt) if score else scored_rows(scorer, open_traces(path, fmt, max_record_bytes, name).rows)
+            kept, stats = _score_pass(scored, top_k, group_by, min_score, errors)
         schema = _rfedge_schema(Path(path)) if input_format(path, fmt) == "parquet" and \
             (output_fmt or "") != "jsonl" else None
         with row_writer(output, output_fmt, schema) as writer:
             batch = []
-            for index, row in enumerate(open_traces(path, fmt, max_record_bytes).rows):
+            for index, row in enumerate(open_traces(path, fmt, max_record_bytes, name).rows):
                 if index in kept:
                     batch.append({**row.value, "rfedge": kept[index]})
                     if len(batch) >= batch_rows:

@@ -8,8 +8,9 @@ import numpy as np
 
 from .constants import DEVICES
 from .errors import MissingExtraError, ModelFilesError, RuntimeFailure, UsageError
-from .interface import CACHED_OUTPUTS, POOLED_OUTPUTS
+from .interface import CACHED_OUTPUTS, POOLED_OUTPUTS, past_names, present_names
 from .manifest import Manifest
+from .onnxfile import check_external_data
 
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 
@@ -63,6 +64,7 @@ class GraphSession:
         options.log_severity_level = 3
         self.providers = providers_for(device, ort.get_available_providers())
         self.graph_path = manifest.graph_path
+        check_external_data(manifest)  # before ONNX Runtime opens any file the graph names
         try:
             self._session = ort.InferenceSession(str(manifest.graph_path), options, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own untyped exceptions
@@ -76,8 +78,12 @@ class GraphSession:
                 f"{manifest.graph_path}: graph inputs {list(names_in)} and outputs {list(names_out)} do not "
                 f"match the manifest ({list(manifest.inputs)} -> {list(manifest.outputs)}); re-export the model")
         self.device = "cuda" if self.providers[0].startswith("CUDA") else "cpu"
-        self._past = [n for n in manifest.inputs if n.startswith("past_key_values.")]
-        self._present = [n for n in manifest.outputs if n.startswith("present.")]
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4  # a failed run reaches the user as one translated line only
+        layers = manifest.cache.layers if manifest.cache else 0
+        self._past, self._present = past_names(layers), present_names(layers)  # layer order, whatever the manifest's
+        if manifest.cache:
+            _check_cache_shape(manifest, {i.name: i.shape for i in self._session.get_inputs()})
 
     def _failed(self, e: Exception) -> RuntimeFailure:
         return RuntimeFailure(f"{self.graph_path}: ONNX Runtime failed while scoring ({_first_line(e)})")
@@ -88,7 +94,8 @@ class GraphSession:
         try:
             step, traj = self._session.run(
                 list(POOLED_OUTPUTS),
-                {"input_ids": input_ids, "attention_mask": attention_mask, "step_index": step_index})
+                {"input_ids": input_ids, "attention_mask": attention_mask, "step_index": step_index},
+                self._run_options)
         except Exception as e:  # onnxruntime raises its own untyped exceptions
             raise self._failed(e) from None
         return step, traj
@@ -101,7 +108,8 @@ class GraphSession:
         try:
             if self.device == "cpu":
                 return self._run_in_place(feeds, kv)
-            outputs = self._session.run(None, {**feeds, **dict(zip(self._past, kv.arrays, strict=True))})
+            outputs = self._session.run(None, {**feeds, **dict(zip(self._past, kv.arrays, strict=True))},
+                                        self._run_options)
         except Exception as e:  # onnxruntime raises its own untyped exceptions
             raise self._failed(e) from None
         named = dict(zip((o.name for o in self._session.get_outputs()), outputs, strict=True))
@@ -121,9 +129,20 @@ class GraphSession:
             value = self._ort.OrtValue.ortvalue_from_numpy(array)
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)
-        self._session.run_with_iobinding(binding)
+        self._session.run_with_iobinding(binding, self._run_options)
         outputs = binding.get_outputs()
         return outputs[0].numpy(), outputs[1].numpy()
+
+
+def _check_cache_shape(manifest: Manifest, shapes: dict) -> None:
+    """Each K/V input is [batch, kv_heads, capacity, head_dim] with the manifest's cache dims."""
+    c = manifest.cache
+    for name in past_names(c.layers):
+        shape = list(shapes[name])
+        if len(shape) != 4 or shape[1] != c.kv_heads or shape[3] != c.head_dim:
+            raise ModelFilesError(
+                f"{manifest.graph_path}: graph input {name} has shape {shape}, but the manifest's cache is "
+                f"[batch, {c.kv_heads}, capacity, {c.head_dim}] (kv_heads, head_dim); re-export the model")
 
 
 def _first_line(e: Exception) -> str:

@@ -37,6 +37,10 @@ class _JsonlWriter:
     def write(self, rows: list[dict]) -> None:
         self.fh.write("".join(json_line(r) for r in rows))
 
+    def write_lines(self, lines: list[str]) -> None:
+        """Lines already made by :func:`json_line` (without their newline)."""
+        self.fh.write("".join(line + "\n" for line in lines))
+
 
 class _ParquetWriter:
     def __init__(self, fh, schema=None):

@@ -89,8 +89,6 @@ def _line_row(where: str, raw: bytes) -> Row | object:
     except UnicodeDecodeError as e:
         return Row(where, error=TraceFormatError(f"not UTF-8 text (byte {e.start + 1} of the line); "
                                                  "save the file as UTF-8", where))
-    if not text.strip(" \t\r"):
-        return _SKIP
     try:
         return Row(where, parse_json(text))
     except TraceFormatError as e:
@@ -110,16 +108,29 @@ def _lines(f: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
         yield lineno, line[:-1] if line.endswith(b"\n") else line
 
 
-def jsonl_rows(name: str, f: BinaryIO, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[Row]:
+def is_blank(raw: bytes) -> bool:
+    return not raw.strip(b" \t\r")
+
+
+def line_row(name: str, lineno: int, raw: bytes | None, max_bytes: int) -> Row:
+    """The row of a non-blank JSONL line (``raw`` None: it was over ``max_bytes``)."""
+    where = f"{name}:{lineno}"
+    if raw is None:
+        return Row(where, error=TraceFormatError(
+            f"record larger than {max_bytes >> 20} MB, skipped (--max-record-mb raises the limit)", where))
+    return _line_row(where, raw)
+
+
+def jsonl_lines(f: BinaryIO, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes or None when over ``max_bytes``) of each non-blank line."""
     for lineno, raw in _lines(f, max_bytes):
-        where = f"{name}:{lineno}"
-        if raw is None:
-            yield Row(where, error=TraceFormatError(
-                f"record larger than {max_bytes >> 20} MB, skipped (--max-record-mb raises the limit)", where))
-            continue
-        row = _line_row(where, raw)
-        if row is not _SKIP:
-            yield row
+        if raw is None or not is_blank(raw):
+            yield lineno, raw
+
+
+def jsonl_rows(name: str, f: BinaryIO, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[Row]:
+    for lineno, raw in jsonl_lines(f, max_bytes):
+        yield line_row(name, lineno, raw, max_bytes)
 
 
 def _whole_json(name: str, data: bytes) -> TraceSource:
@@ -163,7 +174,9 @@ def _stdin(fmt: str, max_bytes: int) -> TraceSource:
     if fmt == "json":
         return _whole_json("<stdin>", stream.read(max_bytes + 1))
     head = stream.readline(max_bytes + 1)
-    row = _line_row("<stdin>", head.rstrip(b"\n")) if head.endswith(b"\n") or len(head) <= max_bytes else _SKIP
+    first = head.rstrip(b"\n")
+    row = _line_row("<stdin>", first) if (head.endswith(b"\n") or len(head) <= max_bytes) and not is_blank(first) \
+        else _SKIP
     if fmt == "auto" and (row is _SKIP or row.error is not None or not isinstance(row.value, dict)) and head.strip():
         head += stream.read(max_bytes + 1 - len(head))
         try:
@@ -202,14 +215,15 @@ def check_input(path: str) -> Path:
     return Path(path)
 
 
-def open_traces(path: str, fmt: str = "auto", max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> TraceSource:
+def open_traces(path: str, fmt: str = "auto", max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                name: str | None = None) -> TraceSource:
     """Open ``path`` (``-`` for stdin) in ``fmt`` (``auto``: by suffix; stdin: JSONL unless it is one
-    JSON document over several lines)."""
+    JSON document over several lines). ``name``: what messages call the file (default: its path)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
     if path == "-":
         return _stdin(fmt, max_record_bytes)
-    name, p = display_name(path), check_input(path)
+    name, p = name or display_name(path), check_input(path)
     fmt = input_format(path, fmt)
     if fmt == "parquet":
         return TraceSource(name, False, parquet_rows(p, name))

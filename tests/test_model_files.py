@@ -73,17 +73,30 @@ def test_manifest_not_json(model_copy):
 
 
 def test_graph_outputs_must_match_manifest(model_copy):
+    from rfedge.interface import cached_io
+
+    path = model_copy / "rfedge.json"
+    data = json.loads(path.read_text())
+    inputs, outputs = cached_io(3)  # a manifest consistent in itself (names of 3 layers), not with its 2-layer graph
+    data.update(inputs=inputs, outputs=outputs, cache={**data["cache"], "layers": 3})
+    path.write_text(json.dumps(data))
+    assert "do not match the manifest" in _error(model_copy)
+
+
+def test_manifest_outputs_must_name_its_interface(model_copy):
     path = model_copy / "rfedge.json"
     data = json.loads(path.read_text())
     data["outputs"] = ["step_rewards", "hidden_states"]
     path.write_text(json.dumps(data))
-    assert "do not match the manifest" in _error(model_copy)
+    assert _error(model_copy) == (f"{path}: malformed manifest, field 'outputs' must be the cached interface's outputs "
+                                  "for cache.layers 2 (token_step_rewards, token_trajectory_rewards, "
+                                  "present.{0..1}.{key,value}), each once; re-export the model")
 
 
 def test_unloadable_graph_is_one_line(model_copy):
     from rfedge.manifest import manifest_body, write_manifest
 
-    (model_copy / "model.onnx").write_bytes(b"not a graph")
+    (model_copy / "model.onnx").write_bytes(b"")  # a valid (empty) protobuf, but no graph in it
     data = json.loads((model_copy / "rfedge.json").read_text())
     data.pop("files")
     write_manifest(model_copy, manifest_body(model_copy, data))
@@ -135,7 +148,8 @@ def test_failed_validation_leaves_nothing_to_score(scalar_ckpt, tmp_path):
         export_model(str(scalar_ckpt), out, precision="int8", tolerance={"max_abs_step": 1e-9},
                      log=lambda m: None, progress=None)
     lines = str(e.value).splitlines()
-    assert lines[1].startswith("- step_rewards max |delta|: ") and ", bound <= 1e-09 (trace " in lines[1]
+    assert lines[0].startswith("export stopped before writing a graph: even fitted, the quantized model misses ")
+    assert lines[1].startswith("- held_out (simulated): step_rewards max |delta|: ") and ", bound <= 1e-09 (trace " in lines[1]
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []
 

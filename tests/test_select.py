@@ -106,3 +106,11 @@ def test_min_score_default_grouping_and_stdin(fp32_export, tmp_path):
     assert r.returncode == 0, r.stderr
     kept = [json.loads(x)["id"] for x in r.stdout.splitlines()]
     assert kept == [row["id"] for row, res in zip(rows, results, strict=True) if res.score >= threshold]
+
+
+def test_stdin_errors_name_stdin(fp32_export):
+    text = json.dumps({"problem": "p", "completion": "3 + 4 = 7"}) + "\n{broken\n"
+    r = _run("-", "--top-k", "1", "--model", str(fp32_export), input=text)
+    assert r.returncode == 1
+    error = json.loads([x for x in r.stderr.splitlines() if x.startswith("{")][0])
+    assert error["where"] == "<stdin>:2" and error["error"].startswith("invalid JSON at column 2")

@@ -118,6 +118,8 @@ def test_v1_score_equals_the_library(live):
     ("/pooling", b'{"input": 3}', 400, "'input' must be a string or a non-empty list of strings (or send 'messages')"),
     ("/pooling", b'{"input": [[1, 2]]}', 400, "'input' as token ids is not supported by rfedge; send text"),
     ("/pooling", b'{"input": "x", "model": "other"}', 404, "The model `other` does not exist."),
+    ("/pooling", b'{"messages": [{"role": "user", "content": "2 + 2?"}]}', 400,
+     "'messages': field 'messages' has no assistant message to score"),
     ("/pooling", b'{"input": ""}', 422, "input[0]: trace has no text to score (problem and completion are empty)"),
     ("/v1/score", b'{"problem": "p", "completion": 2}', 422, "request: field 'completion' must be a string, got int"),
     ("/v1/score", b"7", 400, "the request body must be a trace object or a list of them"),

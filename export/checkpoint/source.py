@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,23 +62,56 @@ def resolve_source(source: str, revision: str | None = None) -> Source:
 
 
 def read_config(path: Path) -> dict:
+    """``config.json`` as a dict; anything else (not UTF-8, not JSON, too deep, not an object) is one line."""
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ModelFilesError(f"{path}: no config.json; not a transformers checkpoint")
     try:
-        return json.loads(cfg.read_text(encoding="utf-8"))
+        text = cfg.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelFilesError(f"{cfg}: not UTF-8 text (byte {e.start + 1}); save it as UTF-8") from None
+    except OSError as e:
+        raise ModelFilesError(f"{cfg}: cannot be read ({e.strerror or e})") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ModelFilesError(f"{cfg}: malformed JSON ({e})") from None
+    except RecursionError:
+        raise ModelFilesError(f"{cfg}: malformed JSON (nested too deeply to read)") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise ModelFilesError(f"{cfg}: malformed JSON (a number too long to read, over 4300 digits)") from None
+    if not isinstance(data, dict):
+        raise ModelFilesError(f"{cfg}: expected a JSON object of model settings, got {type(data).__name__}")
+    return data
+
+
+@contextmanager
+def _safetensors(path: Path):
+    """``safe_open`` on ``path``, a file that is not safetensors as one line."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as st:
+            yield st
+    except SafetensorError as e:
+        raise _not_safetensors(path, e) from None
+
+
+def _not_safetensors(path: Path, e: Exception) -> ModelFilesError:
+    return ModelFilesError(f"{path}: not a readable safetensors file ({_first_line(e)}); re-download or "
+                           "re-save the checkpoint")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple]:
-    from safetensors import safe_open
-
     shapes = {}
     for f in sorted(path.glob("*.safetensors")):
         if f.name in HEAD_FILES or f.name == STEP_HEAD_FILE:
             continue
-        with safe_open(str(f), framework="pt") as st:
+        with _safetensors(f) as st:
             for k in st.keys():
                 shapes[k] = tuple(st.get_slice(k).get_shape())
     return shapes
@@ -106,17 +140,24 @@ def load_tensor_file(path: Path) -> dict:
     import torch
 
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:
+            raise _not_safetensors(path, e) from None
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError and friends: refuse, never retry unsafely
         raise ModelFilesError(
             f"{path}: refused to load, it is not a plain tensor state dict ({type(e).__name__}); "
             "rfedge never unpickles code. Convert it to safetensors in a trusted environment") from None
-    if not isinstance(state, dict):
-        raise ModelFilesError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        kinds = sorted({type(v).__name__ for v in state.values()}) if isinstance(state, dict) else []
+        got = f"a dict of {', '.join(kinds)}" if kinds else type(state).__name__
+        raise ModelFilesError(f"{path}: expected a state dict of tensors, got {got}")
     return state
 
 
@@ -147,6 +188,7 @@ def load_reward_head(path: Path, hidden: int):
 def load_body(path: Path, dtype: str = "fp32", attn: str = "eager"):
     """The Qwen2 body (no lm_head) through transformers, without remote code."""
     import torch
+    from safetensors import SafetensorError
     from transformers import Qwen2Model
 
     cfg = read_config(path)
@@ -156,9 +198,21 @@ def load_body(path: Path, dtype: str = "fp32", attn: str = "eager"):
     try:
         body = Qwen2Model.from_pretrained(str(path), dtype=torch_dtype, attn_implementation=attn,
                                           trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise ModelFilesError(f"{path}: cannot load the Qwen2 weights ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelFilesError(f"{path}: cannot load the Qwen2 weights ({_first_line(e)})") from None
+    except _config_type_errors() as e:
+        raise ModelFilesError(f"{path / 'config.json'}: {' '.join(str(e).split())}") from None
     return body.eval()
+
+
+def _config_type_errors() -> tuple:
+    """What transformers raises for a config.json field of the wrong type (5.x checks them through
+    huggingface_hub's strict dataclasses; with an older huggingface_hub, nothing to catch)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
 
 
 @dataclass
@@ -201,7 +255,6 @@ class TwoClassPRM:
 def load_two_class_prm(source: Source, dtype: str = "fp32") -> TwoClassPRM:
     """Load the body through transformers and the score MLP from the safetensors shards, no remote code."""
     import torch.nn as nn
-    from safetensors import safe_open
 
     if source.layout != "two-class":
         raise UsageError(f"{source.id}: layout '{source.layout}' is not the two-class PRM layout")
@@ -209,7 +262,7 @@ def load_two_class_prm(source: Source, dtype: str = "fp32") -> TwoClassPRM:
     h = body.config.hidden_size
     state = {}
     for f in sorted(source.path.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
+        with _safetensors(f) as st:
             for k in st.keys():
                 if k.startswith("score."):
                     state[k.removeprefix("score.")] = st.get_tensor(k)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..quantize.rotation import block_rotate, down_rotation
 from .attention import cached_gqa
 
 
@@ -75,7 +76,11 @@ class PooledPRM(nn.Module):
             x = x + o
             h = _rms(x, layer.post_attention_layernorm)
             mlp = layer.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            a = F.silu(mlp.gate_proj(h)) * mlp.up_proj(h)
+            rotation = down_rotation(mlp)
+            if rotation is not None:  # an INT8 export's online Hadamard (quantize.rotation), left in fp32
+                a = block_rotate(a, rotation)
+            x = x + mlp.down_proj(a)
         final = _rms(x, self.norm)
         step = torch.sigmoid(self.step_head(final).squeeze(-1))
         trajectory = torch.sigmoid(self.head(final).squeeze(-1))

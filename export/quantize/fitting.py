@@ -1,96 +1,231 @@
-"""End-to-end fit of the per-linear weight formats to the export tolerance.
+"""End-to-end fit of the per-linear weight formats to every criterion the export gate checks.
 
 The sensitivity pass (:mod:`.smoothing`) bounds each linear's own error; how much that moves the
-rewards depends on the model (a trained head can be steep where the calibration traces sit). So
-before export the quantized model is simulated in torch, with exactly the graph's quantization
-(per-token int8 activations, 7- or 8-bit per-channel weights) hooked into every layer linear, on
-the calibration traces; while its rewards miss a margin inside the tolerance, the linears with the
-largest simulated error move up one format (7-bit -> 8-bit -> fp32). What the fit did goes into the
-manifest. The export's validation of the written graph stays the gate.
+rewards depends on where the linear sits and on the traces (a trained head can be steep where they
+are, an early layer's error can be amplified by everything after it). So the quantized model is
+simulated in torch, with exactly each format's computation hooked into every layer linear (and
+the int8 embedding), on the fit traces, and measured with the gate's own :func:`measure` against
+its criteria scaled by ``margin`` (max |delta| of step and trajectory rewards, trajectory Spearman).
+
+While any is missed, the fit asks which linears cause the misses: a first-order attribution (one
+forward and backward pass per trace) of each linear's quantization error to the reward deltas it
+simulated, weighted toward the largest ones (and toward the trajectory rewards when their order is
+what misses). The linears with the largest share move up a format, 7-bit -> 8-bit -> per-block ->
+fp32, and fp32 only once no linear that is still to blame can move to a finer integer format.
+The fit sees only the fit traces; the gate judges held-out ones too. Each round goes into the
+manifest.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 
-from .embedding import simulate_embedding
-from .formats import FORMATS, fake_quant_activations
+from .embedding import EMBEDDING, EMBEDDING_PROMOTES, simulate_embedding
+from .formats import FORMATS, FP32, format_counts, promote
 
-MARGIN = 0.8  # aim inside the tolerance: the simulation is close to the graph, not bit-exact
-PROMOTE_SHARE = 0.25  # of the still-quantized linears, per round (few rounds: each is a calibration pass)
+MARGIN = 0.6  # aim this far inside the tolerance on the fit traces: held-out traces are not seen
+PROMOTE_SHARE = 0.25  # at most this share of the promotable linears moves per round
+COVER = 0.5  # ... and only as many as carry this share of the attributed error
+POWER = 4  # reward deltas are weighted by |delta|^POWER: the attribution looks at the worst ones
 
 
 def _hook(weight: torch.Tensor, fmt):
-    """Replace a linear's output by the graph's computation. The weight is kept as int8 codes and
-    scales and dequantized per call, so the simulation costs a quarter of the fp32 weights, not a copy."""
-    codes, scale = fmt.simulate_codes(weight)
+    """Replace a linear's output by the graph's computation (weights dequantized once per fit round)."""
+    wq = fmt.simulate_weight(weight.float())
 
     def hook(mod, args, out):
-        x = args[0]
-        y = fake_quant_activations(x.flatten(0, -2).float()) @ (codes.float() * scale).T
+        y = fmt.simulate(args[0].flatten(0, -2).float(), wq)
         if mod.bias is not None:
             y = y + mod.bias
         return y.reshape(out.shape).to(out.dtype)
     return hook
 
 
-def _embedding_hook(block: int):
-    """The int8 embedding's values (one scale per ``block`` values of a row) for the gathered rows."""
-    return lambda mod, args, out: simulate_embedding(out, block)
-
-
-def simulated_deltas(prm, references, encoded, formats: dict[str, str],
-                     embedding_block: int | None = None) -> tuple[float, float]:
-    """Max |delta| of (step, trajectory) rewards of the simulated quantized model vs ``references``."""
+def simulated_rewards(prm, encoded, formats: dict[str, str]) -> list:
+    """(step rewards, trajectory reward) per trace of the quantized model as the graph computes it
+    (the embedding in ``formats[EMBEDDING]`` if given, else fp32)."""
     from ..checkpoint.rewards import scalar_rewards
 
     hooks = []
     try:
-        if embedding_block:
-            hooks.append(prm.body.embed_tokens.register_forward_hook(_embedding_hook(embedding_block)))
+        if formats.get(EMBEDDING):
+            hooks.append(prm.body.embed_tokens.register_forward_hook(
+                lambda mod, args, out: simulate_embedding(out, formats[EMBEDDING])))
         for name, fmt in formats.items():
             if fmt in FORMATS:
                 mod = prm.body.get_submodule(name)
                 hooks.append(mod.register_forward_hook(_hook(mod.weight.detach(), FORMATS[fmt])))
-        step, traj = 0.0, 0.0
-        for (ids, step_tokens), (ref_steps, ref_traj) in zip(encoded, references, strict=True):
-            steps, t = scalar_rewards(prm, ids, step_tokens)
-            if len(steps):
-                step = max(step, float(np.abs(steps - ref_steps).max()))
-            traj = max(traj, abs(t - ref_traj))
+        return [scalar_rewards(prm, ids, step_tokens) for ids, step_tokens in encoded]
     finally:
         for h in hooks:
             h.remove()
-    return step, traj
 
 
-def fit_formats(prm, references, encoded, formats: dict[str, str], errors: dict[str, dict[str, float]],
-                tolerance, embedding_block: int | None = None, log=None) -> tuple[dict[str, str], dict]:
-    """Promote the most sensitive linears until the simulated rewards are within MARGIN x tolerance.
+def _weights(deltas: np.ndarray, scale: float) -> torch.Tensor:
+    return torch.as_tensor(np.sign(deltas) * (np.abs(deltas) / scale) ** POWER, dtype=torch.float32)
 
-    ``encoded``: (token ids, step token indices) per calibration trace, as the references were made;
-    ``errors``: each linear's simulated error per format from the sensitivity pass. Returns the new
-    formats and a summary for the manifest. ``embedding_block``: simulate the int8 embedding too.
-    """
-    formats = dict(formats)
-    goal = (MARGIN * tolerance.max_abs_step, MARGIN * tolerance.max_abs_trajectory)
-    history = []
-    while True:
-        step, traj = simulated_deltas(prm, references, encoded, formats, embedding_block)
-        history.append({"max_abs_step": round(step, 5), "max_abs_trajectory": round(traj, 5),
-                        "quantized": sum(1 for f in formats.values() if f in FORMATS)})
-        if log:
-            log(f"      simulated INT8 rewards on the calibration traces: max |delta| step {step:.3g}, "
-                f"trajectory {traj:.3g} (aim: {goal[0]:.3g}, {goal[1]:.3g})")
-        quantized = [n for n, f in formats.items() if f in FORMATS]
-        if (step <= goal[0] and traj <= goal[1]) or not quantized:
+
+class _Changes:
+    """Forward hooks that record, per quantized module, its fp32 output (kept in the autograd graph)
+    and what its format changes in that output."""
+
+    def __init__(self, prm, formats: dict[str, str]):
+        self.prm, self.formats = prm, formats
+        self.quantized = {n: FORMATS[f] for n, f in formats.items() if f in FORMATS}
+        self.wq = {n: f.simulate_weight(prm.body.get_submodule(n).weight.detach().float())
+                   for n, f in self.quantized.items()}
+        self.names, self.outs, self.changes = [], [], []
+
+    def _leaf(self, mod, args, out):
+        out = out.detach().requires_grad_()
+        if self.formats.get(EMBEDDING) in EMBEDDING_PROMOTES:  # the embedding's share, like a linear's
+            self._add(EMBEDDING, out, simulate_embedding(out.detach(), self.formats[EMBEDDING]) - out.detach())
+        return out
+
+    def _linear(self, name: str):
+        def hook(mod, args, out):
+            with torch.no_grad():
+                y = self.quantized[name].simulate(args[0].flatten(0, -2).float(), self.wq[name])
+                change = (y + (mod.bias if mod.bias is not None else 0)).reshape(out.shape) - out
+            self._add(name, out, change)
+        return hook
+
+    def _add(self, name, out, change):
+        self.names.append(name)
+        self.outs.append(out)
+        self.changes.append(change)
+
+    def shares(self, objective_of) -> dict[str, float]:
+        """Run ``objective_of()`` (a forward pass) with the hooks; each module's gradient x change."""
+        self.names, self.outs, self.changes = [], [], []
+        body = self.prm.body
+        hooks = [body.embed_tokens.register_forward_hook(self._leaf)]
+        hooks += [body.get_submodule(n).register_forward_hook(self._linear(n)) for n in self.quantized]
+        try:
+            with torch.enable_grad():
+                objective = objective_of()
+                grads = torch.autograd.grad(objective, self.outs, allow_unused=True) if self.outs else []
+        finally:
+            for h in hooks:
+                h.remove()
+        return {name: float((g * change).sum()) for name, g, change in zip(self.names, grads, self.changes, strict=True)
+                if g is not None}
+
+
+def attribute(prm, encoded, references, simulated, formats: dict[str, str], trajectory_weight: float = 1.0
+              ) -> dict[str, float]:
+    """Each quantized linear's (and the embedding's) first-order share of the simulated reward deltas
+    (positive: it pushes the rewards the way they moved). The gradient of the delta-weighted rewards
+    with respect to the module's output, in the fp32 model, times what its format changes in that output."""
+    from ..checkpoint.rewards import reward_tensors
+
+    scale = max([float(np.abs(s - r).max()) for (s, _), (r, _) in zip(simulated, references, strict=True) if len(r)]
+                + [abs(t - rt) for (_, t), (_, rt) in zip(simulated, references, strict=True)] + [1e-12])
+    shares: dict[str, float] = defaultdict(float)
+    changes = _Changes(prm, formats)
+    for (ids, step_tokens), (steps, traj), (ref_steps, ref_traj) in zip(encoded, simulated, references, strict=True):
+        def objective(ids=ids, step_tokens=step_tokens, steps=steps, traj=traj, ref_steps=ref_steps, ref_traj=ref_traj):
+            step_t, traj_t = reward_tensors(prm, ids, step_tokens)
+            return (_weights(steps - ref_steps, scale) * step_t).sum() + \
+                trajectory_weight * _weights(np.array(traj - ref_traj), scale) * traj_t
+        for name, v in changes.shares(objective).items():
+            shares[name] += v
+    return dict(shares)
+
+
+def _promote(formats: dict[str, str], name: str, in_features: dict[str, int]) -> str:
+    if name == EMBEDDING:
+        return EMBEDDING_PROMOTES[formats[name]]
+    return promote(formats[name], in_features[name])
+
+
+def _promotable(formats: dict[str, str], name: str) -> bool:
+    return formats.get(name) in (EMBEDDING_PROMOTES if name == EMBEDDING else FORMATS)
+
+
+def promote_by_share(formats: dict[str, str], shares: dict[str, float], in_features: dict[str, int]) -> int:
+    """Move the linears (and the embedding) with the largest positive share up a format, to formats
+    that are not fp32 first."""
+    blamed = [n for n, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v > 0 and _promotable(formats, n)]
+    integer = [n for n in blamed if _promote(formats, n, in_features) != FP32]
+    candidates = integer or blamed
+    if not candidates:
+        return 0
+    total, covered, moved = sum(shares[n] for n in candidates), 0.0, []
+    for name in candidates[:max(1, math.ceil(PROMOTE_SHARE * len(candidates)))]:
+        moved.append(name)
+        covered += shares[name]
+        if covered >= COVER * total:
             break
-        worst = sorted(quantized, key=lambda n: -errors[n][formats[n]])
-        for name in worst[:max(1, math.ceil(PROMOTE_SHARE * len(quantized)))]:
-            formats[name] = FORMATS[formats[name]].promotes_to
-    summary = {"method": "promote the linears with the largest simulated error until the simulated "
-                         f"rewards are within {MARGIN} x the tolerance", "rounds": history}
+    for name in moved:
+        formats[name] = _promote(formats, name, in_features)
+    return len(moved)
+
+
+def promote_round(formats: dict[str, str], errors: dict[str, dict[str, float]], in_features: dict[str, int],
+                  share: float = PROMOTE_SHARE) -> int:
+    """Without an attribution: the ``share`` of linears with the largest own error moves up a format
+    (integer formats first). Used when the written graph drifts from the simulation."""
+    integer = [n for n, f in formats.items() if f in FORMATS and promote(f, in_features[n]) != FP32]
+    candidates = integer or [n for n, f in formats.items() if f in FORMATS]
+    if not candidates:
+        return 0
+    worst = sorted(candidates, key=lambda n: -errors[n].get(formats[n], math.inf))
+    moved = worst[:max(1, math.ceil(share * len(candidates)))]
+    for name in moved:
+        formats[name] = promote(formats[name], in_features[name])
+    return len(moved)
+
+
+def aim(tolerance, margin: float = MARGIN):
+    """The tolerance tightened by ``margin`` (Spearman: that share of the distance to 1 kept free)."""
+    return replace(tolerance, max_abs_step=margin * tolerance.max_abs_step,
+                   max_abs_trajectory=margin * tolerance.max_abs_trajectory,
+                   min_spearman=1 - margin * (1 - tolerance.min_spearman))
+
+
+def in_features_of(prm, names) -> dict[str, int]:
+    return {n: prm.body.get_submodule(n).in_features for n in names if n != EMBEDDING}
+
+
+def fit_formats(prm, references, encoded, ids, formats: dict[str, str], errors: dict[str, dict[str, float]],
+                tolerance, log=None, margin: float = MARGIN
+                ) -> tuple[dict[str, str], dict]:
+    """Promote linears until the simulated fit traces meet every criterion at ``margin``.
+
+    ``encoded``: (token ids, step token indices) per fit trace, as the references were made; ``ids``:
+    the traces' ids for messages; ``formats``: each linear's format and the embedding's under
+    :data:`EMBEDDING` (optional); ``errors``: each linear's simulated error per format (to break
+    ties when nothing can be attributed). Returns the formats and a summary for the manifest.
+    """
+    from ..validate import measure, misses
+
+    formats, goal, history = dict(formats), aim(tolerance, margin), []
+    in_features = in_features_of(prm, formats)
+    while True:
+        simulated = simulated_rewards(prm, encoded, formats)
+        measured = measure(references, simulated, ids)
+        missed = misses(goal, measured)
+        history.append({**{k: v for k, v in asdict(measured).items() if k not in ("worst_step", "traces", "steps")},
+                        "formats": format_counts(formats), "embedding": formats.get(EMBEDDING)})
+        if log:
+            sp = "n/a" if measured.spearman_trajectory is None else f"{measured.spearman_trajectory:.4f}"
+            log(f"      simulated on the fit traces: max |delta| step {measured.max_abs_step:.3g}, trajectory "
+                f"{measured.max_abs_trajectory:.3g}, Spearman {sp} (aim: {goal.max_abs_step:.3g}, "
+                f"{goal.max_abs_trajectory:.3g}, {goal.min_spearman:.3g}); linears {format_counts(formats)}"
+                + (f", embedding {formats[EMBEDDING]}" if EMBEDDING in formats else ""))
+        if not missed:
+            break
+        shares = attribute(prm, encoded, references, simulated, formats,
+                           4.0 if any("Spearman" in m for m in missed) else 1.0)
+        if not promote_by_share(formats, shares, in_features) and not promote_round(formats, errors, in_features):
+            break
+    summary = {"method": "promote the linears to which the simulated reward deltas are attributed (first order) "
+                         f"up a format until the fit traces meet every gate criterion at {margin} of the tolerance",
+               "aim": asdict(goal), "rounds": history, "met": not missed}
     return formats, summary

@@ -1,25 +1,17 @@
-"""Weight-by-weight dynamic INT8 with per-token activation scales, in bounded memory.
+"""The INT8 graph rewrite: each layer linear's MatMul becomes its weight format's integer kernel.
 
-Each transformer-layer MatMul weight is read from the fp32 graph's external data one at a time
-(memory-mapped) and quantized symmetric per output channel. Its input is quantized at run time
-with one scale per token (row), not one per tensor as ``DynamicQuantizeLinear`` does, so a token
-with a massive activation does not flatten every other token of the batch, and a trace scores
-the same alone or in any batch:
+Weights are read from the fp32 graph's external data one at a time (memory-mapped) and quantized
+as :mod:`.formats` says, so peak memory is the int8 model plus one fp32 weight. Per-channel formats
+quantize their input per token (row) at run time and share one quantized copy among the MatMuls
+that read the same input (q/k/v, gate/up):
 
-    scale_t = max_k |x_tk| / 127;   xq = round(x / scale_t) + 128   (uint8, zero point 128)
-    y = float(MatMulInteger(xq, Wq, 128)) * scale_t * w_scale
+    scale_t = max(max_k |x_tk| / 127, 1e-12);  xq = QuantizeLinear(x, scale_t, 128)   (uint8)
+    y = MatMulIntegerToFloat(xq, Wq, scale_t, w_scale, 128[, 128])   (int32 GEMM, dequantized in it)
 
-MatMulInteger with a scalar zero point runs ONNX Runtime's fast uint8 x int8 GEMM (int8 x int8 has
-no fast kernel on AVX2 CPUs: measured 59 vs 320 GOP/s here). MatMuls that share an input (q/k/v,
-gate/up) share one quantized copy of it. Peak memory is the int8 model plus one fp32 weight, not two
-copies of the fp32 model as ``quantize_dynamic`` needs.
-
-Weights use 7 bits (|q| <= 63) with the fast uint8 x int8 kernel: on x86 CPUs without VNNI, ONNX
-Runtime's u8 x s8 kernel adds pairs of products in int16 (vpmaddubsw) and saturates with
-full-range int8 weights (measured here: 22% error on an adversarial input; 0.03% with 7 bits).
-Linears that need full 8-bit weights store them as uint8 with zero point 128 (uint8 x uint8
-kernel, no saturation). The exported graph must be right on whatever CPU scores it, so the recipe
-does not depend on the exporting machine.
+One scale per token, not per tensor: a token with a massive activation does not flatten the others,
+and a trace scores the same alone, in any batch, or in chunks. The per-block format runs
+``MatMulNBits`` (8-bit blocks, int8 activations per token and block) on the fp32 input. MatMuls of
+modules without a format stay fp32, the reward heads and the online rotation among them.
 """
 
 from __future__ import annotations
@@ -38,6 +30,15 @@ def _scope(node) -> str:
         if p.key == "pkg.torch.onnx.name_scopes":
             return p.value
     return ""
+
+
+def _module(scope: str) -> str | None:
+    """'layers.3.mlp.down_proj' from the exporter's name-scope metadata, if the node has one."""
+    for part in scope.strip("[]").replace("'", "").split(","):
+        part = part.strip()
+        if part.startswith(LAYER_SCOPE):
+            return part
+    return None
 
 
 def read_initializer(init, base: Path) -> np.ndarray:
@@ -60,41 +61,57 @@ def _const(name: str, value, dtype):
     return numpy_helper.from_array(np.array(value, dtype=dtype), name)
 
 
-def _quantize_rows(x: str, prefix: str) -> tuple[list, str, str]:
-    """Nodes that quantize x per row (last axis) to uint8 with zero point 128: (nodes, xq, scale)."""
-    from onnx import TensorProto, helper
-
-    n = lambda op, ins, out, **kw: helper.make_node(op, ins, [out], name=f"{prefix}_{out.rsplit('_', 1)[-1]}", **kw)
-    return [
-        n("Abs", [x], f"{prefix}_abs"),
-        n("ReduceMax", [f"{prefix}_abs", "rfq_axes"], f"{prefix}_amax", keepdims=1),
-        n("Mul", [f"{prefix}_amax", "rfq_inv127"], f"{prefix}_raw"),
-        n("Max", [f"{prefix}_raw", "rfq_tiny"], f"{prefix}_scale"),
-        n("Div", [x, f"{prefix}_scale"], f"{prefix}_div"),
-        n("Round", [f"{prefix}_div"], f"{prefix}_round"),
-        n("Add", [f"{prefix}_round", "rfq_128f"], f"{prefix}_shift"),
-        n("Cast", [f"{prefix}_shift"], f"{prefix}_xq", to=TensorProto.UINT8),
-    ], f"{prefix}_xq", f"{prefix}_scale"
+SHARED = [("rfq_axes", [-1], np.int64), ("rfq_inv127", 1 / 127, np.float32), ("rfq_tiny", 1e-12, np.float32),
+          ("rfq_flat", [-1], np.int64), ("rfq_zp", 128, np.uint8), ("rfq_zp1", [128], np.uint8)]
 
 
-def _module(scope: str) -> str | None:
-    """'layers.3.mlp.down_proj' from the exporter's name-scope metadata, if the node has one."""
-    for part in scope.strip("[]").replace("'", "").split(","):
-        part = part.strip()
-        if part.startswith(LAYER_SCOPE):
-            return part
-    return None
+def _quantize_rows(x: str, k: int, p: str) -> tuple[list, str, str, list]:
+    """Nodes that quantize x [.., K] per row to uint8 (zero point 128): (nodes, xq, scale, inits)."""
+    from onnx import helper
+
+    def n(op, ins, out, **kw):
+        return helper.make_node(op, ins, [out], name=out, **kw)
+    nodes = [
+        n("Abs", [x], f"{p}_abs"),
+        n("ReduceMax", [f"{p}_abs", "rfq_axes"], f"{p}_amax", keepdims=1),
+        n("Mul", [f"{p}_amax", "rfq_inv127"], f"{p}_raw"),
+        n("Max", [f"{p}_raw", "rfq_tiny"], f"{p}_scale"),  # [.., T, 1]: MatMulIntegerToFloat's a_scale
+        n("Reshape", [f"{p}_scale", "rfq_flat"], f"{p}_scale1"),  # QuantizeLinear wants 2-D x, 1-D scale
+        n("Shape", [f"{p}_scale1"], f"{p}_rows"),
+        n("Expand", ["rfq_zp1", f"{p}_rows"], f"{p}_zps"),
+        n("Reshape", [x, f"{p}_k"], f"{p}_x2"),
+        n("QuantizeLinear", [f"{p}_x2", f"{p}_scale1", f"{p}_zps"], f"{p}_xq2", axis=0),
+        n("Shape", [x], f"{p}_shape"),
+        n("Reshape", [f"{p}_xq2", f"{p}_shape"], f"{p}_xq"),
+    ]
+    return nodes, f"{p}_xq", f"{p}_scale", [_const(f"{p}_k", [-1, k], np.int64)]
+
+
+def _rewrite(node, fmt, w: np.ndarray, x_q: tuple[str, str] | None, name: str) -> tuple[list, list]:
+    """(nodes, initializers) computing ``node``'s output with format ``fmt``."""
+    from onnx import helper, numpy_helper
+
+    q, scale = fmt.codes(w)
+    inits = [numpy_helper.from_array(q, name + "_q"), numpy_helper.from_array(scale, name + "_scale")]
+    if fmt.block is not None:
+        k, n = w.shape
+        return [helper.make_node("MatMulNBits", [node.input[0], name + "_q", name + "_scale"], list(node.output),
+                                 name=name + "_nbits", domain="com.microsoft", K=k, N=n, bits=8,
+                                 block_size=fmt.block, accuracy_level=4)], inits
+    xq, xscale = x_q
+    zps = ["rfq_zp", "rfq_zp"] if fmt.unsigned else ["rfq_zp"]
+    return [helper.make_node("MatMulIntegerToFloat", [xq, name + "_q", xscale, name + "_scale", *zps],
+                             list(node.output), name=name + "_mmi", domain="com.microsoft")], inits
 
 
 def dynamic_int8(src: Path, formats: dict[str, str]):
-    """Load ``src`` (fp32 graph); return (quantized ModelProto with all data in memory, counts).
+    """Load ``src`` (fp32 graph); return (quantized ModelProto with all data in memory, counts by format).
 
-    ``formats`` maps layer module names to "int8-7bit" (|q| <= 63, uint8 x int8 kernel),
-    "int8-8bit" (|q| <= 127 stored as uint8 with zero point 128, uint8 x uint8 kernel: full 8-bit
-    weights without int16 saturation) or "fp32"; MatMuls of modules not listed stay fp32.
+    ``formats`` maps layer module names to a format of :data:`~.formats.FORMATS` (anything else,
+    and modules not listed, stay fp32).
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = onnx.load(str(src), load_external_data=False)
     base = src.parent
@@ -104,43 +121,31 @@ def dynamic_int8(src: Path, formats: dict[str, str]):
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
     new_nodes, replaced, counts = [], set(), dict.fromkeys(FORMATS, 0)
-    new_inits = [_const("rfq_axes", [-1], np.int64), _const("rfq_inv127", 1 / 127, np.float32),
-                 _const("rfq_tiny", 1e-12, np.float32), _const("rfq_128f", 128, np.float32),
-                 _const("rfq_zp", 128, np.uint8)]
+    new_inits = [_const(name, value, dtype) for name, value, dtype in SHARED]
     quantized_inputs: dict[str, tuple[str, str]] = {}
     for node in model.graph.node:
         init = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        fmt = formats.get(_module(_scope(node)) or "", "fp32") if init is not None else "fp32"
-        if fmt not in FORMATS or len(init.dims) != 2 or consumers[init.name] != 1:
+        fmt = FORMATS.get(formats.get(_module(_scope(node)) or "", "")) if init is not None else None
+        if fmt is None or len(init.dims) != 2 or consumers[init.name] != 1 or not fmt.fits(init.dims[0]):
             new_nodes.append(node)
             continue
         x = node.input[0]
-        if x not in quantized_inputs:
-            nodes, xq, scale = _quantize_rows(x, f"rfq{len(quantized_inputs)}")
+        if fmt.block is None and x not in quantized_inputs:
+            nodes, xq, scale, extra = _quantize_rows(x, init.dims[0], f"rfq{len(quantized_inputs)}")
             new_nodes += nodes
+            new_inits += extra
             quantized_inputs[x] = (xq, scale)
-        xq, xscale = quantized_inputs[x]
-        q, wscale = FORMATS[fmt].codes(read_initializer(init, base))
-        wzp = ["rfq_zp"] if FORMATS[fmt].unsigned else []
-        w = init.name
-        new_inits += [numpy_helper.from_array(q, w + "_q"), numpy_helper.from_array(wscale, w + "_scale")]
-        replaced.add(w)
-        base_name = node.name or w
-        new_nodes += [
-            helper.make_node("MatMulInteger", [xq, w + "_q", "rfq_zp", *wzp], [base_name + "_i32"],
-                             name=base_name + "_mmi"),
-            helper.make_node("Cast", [base_name + "_i32"], [base_name + "_f"], name=base_name + "_cast", to=onnx.TensorProto.FLOAT),
-            helper.make_node("Mul", [base_name + "_f", xscale], [base_name + "_xs"], name=base_name + "_mulx"),
-            helper.make_node("Mul", [base_name + "_xs", w + "_scale"], list(node.output), name=base_name + "_mulw"),
-        ]
-        counts[fmt] += 1
-    kept = []
-    for init in model.graph.initializer:
-        if init.name in replaced:
-            continue
-        kept.append(numpy_helper.from_array(np.array(read_initializer(init, base)), init.name))
+        nodes, extra = _rewrite(node, fmt, read_initializer(init, base), quantized_inputs.get(x), node.name or init.name)
+        new_nodes += nodes
+        new_inits += extra
+        replaced.add(init.name)
+        counts[fmt.name] += 1
+    kept = [numpy_helper.from_array(np.array(read_initializer(i, base)), i.name)
+            for i in model.graph.initializer if i.name not in replaced]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept + new_inits)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return model, counts

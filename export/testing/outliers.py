@@ -31,6 +31,45 @@ def inject_outliers(path: Path, alpha: float, channels: tuple[int, ...] = DEFAUL
     return {"alpha": alpha, "norm_channels": list(channels), "up_proj_row": up_row, "layers": len(layers)}
 
 
+def inject_down_input_outliers(path: Path, alpha: float, channels: tuple[int, ...] = (5, 77)) -> dict:
+    """Outliers at down_proj's input only (after SiLU x up, which neither per-token scales nor the
+    RMSNorm-fed SmoothQuant points reach): the gate and up rows of ``channels`` scaled by sqrt(alpha)."""
+    from safetensors.torch import load_file, save_file
+
+    f = Path(path) / "model.safetensors"
+    state = load_file(str(f))
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("model.layers.")})
+    for i in layers:
+        for m in ("mlp.gate_proj", "mlp.up_proj"):
+            state[f"model.layers.{i}.{m}.weight"][list(channels)] *= alpha ** 0.5
+    save_file(state, str(f), metadata={"format": "pt"})
+    return {"alpha": alpha, "down_proj_input_channels": list(channels), "layers": len(layers)}
+
+
+def inject_residual_outliers(path: Path, alpha: float, channels: tuple[int, ...] = (7, 50), seed: int = 0) -> dict:
+    """Massive residual-stream channels (Sun et al., 2024), a different shape from :func:`inject_outliers`:
+    the embedding and every o_proj/down_proj write ``channels`` alpha times larger, and the intermediate
+    channels of a few gate/up rows are scaled so down_proj's input carries outliers of its own."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    f = Path(path) / "model.safetensors"
+    state = load_file(str(f))
+    ch = list(channels)
+    state["model.embed_tokens.weight"][:, ch] *= alpha
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("model.layers.")})
+    g = torch.Generator().manual_seed(seed)
+    for i in layers:
+        p = f"model.layers.{i}."
+        for m in ("self_attn.o_proj", "mlp.down_proj"):
+            state[p + m + ".weight"][ch] *= alpha
+        rows = torch.randperm(state[p + "mlp.up_proj.weight"].shape[0], generator=g)[:2].tolist()
+        for m in ("mlp.gate_proj", "mlp.up_proj"):
+            state[p + m + ".weight"][rows] *= alpha ** 0.5
+    save_file(state, str(f), metadata={"format": "pt"})
+    return {"alpha": alpha, "residual_channels": ch, "layers": len(layers)}
+
+
 def tiny_checkpoint(path: Path, tokenizer_dir: Path, seed: int = 0, layers: int = 2,
                            head_format: str = "pt", kv_heads: int = 2, head_scale: float = 4.0,
                            hidden: int = 64) -> Path:

@@ -24,8 +24,16 @@ def _fail(err: RfedgeError) -> None:
         sys.stdout.flush()
     except OSError:
         _silence_stdout()
-    click.echo(f"rfedge: error: {err}", err=True)
+    click.echo(printable(f"rfedge: error: {err}"), err=True)
     sys.exit(err.exit_code)
+
+
+def printable(line: str) -> str:
+    """``line`` as stderr can print it: undecodable bytes (surrogate escapes) as ``\\xNN``, and
+    what stderr's encoding cannot hold backslash-escaped, never an encoding error."""
+    line = "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in line)
+    enc = getattr(sys.stderr, "encoding", None) or "utf-8"
+    return line.encode(enc, "backslashreplace").decode(enc)
 
 
 def reports_errors(fn):
@@ -85,6 +93,45 @@ def input_options(fn):
                       show_default=True, help="A record (JSONL line) larger than this is reported, not read.")(fn)
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
                         help="Input format (auto: by suffix; stdin: JSONL, or one JSON document).")(fn)
+
+
+def ray_options(fn):
+    """Scoring on Ray Data instead of in this process (``rfedge score``, ``select``; the distributed extra)."""
+    options = [
+        click.option("--ray", "use_ray", is_flag=True, help="Score on Ray Data actors (pip install "
+                     "'rfedge[distributed]'); the model directory must be at the same path on every node."),
+        click.option("--address", default=None, help="Ray cluster to join (auto, ray://host:10001; default: start "
+                     "a local one)."),
+        click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Scoring actors (each loads the model once)."),
+        click.option("--threads-per-actor", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="ONNX Runtime threads (and CPUs reserved) per actor."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def ray_setup(use_ray, address, actors, threads_per_actor, model, device, threads, cache_mb, **_):
+    """(Ray options, model directory), after checking the options that do not apply; None without --ray."""
+    from ..errors import UsageError
+
+    if not use_ray:
+        if address or actors != 1 or threads_per_actor != 1:
+            raise UsageError("--address, --actors and --threads-per-actor need --ray")
+        return None
+    from ..distributed import RayOptions
+    from ..home import resolve_model
+    from ..manifest import load_manifest
+    if device == "cuda":
+        raise UsageError("--ray scores on CPU actors; drop --device cuda")
+    if threads:
+        raise UsageError("--threads does not apply with --ray: each actor runs --threads-per-actor threads")
+    choice = resolve_model(model)
+    manifest = load_manifest(choice.path)  # verified here first: a bad model is one clear line, not N actor errors
+    click.echo(f"rfedge: model {manifest.describe()} [{choice.reason}] on Ray, {actors} actor(s) x "
+               f"{threads_per_actor} thread(s)", err=True)
+    return RayOptions(address, actors, threads_per_actor), str(choice.path)
 
 
 def load_scorer(model, device, batch_size, batch_tokens, alpha, threads, cache_mb):

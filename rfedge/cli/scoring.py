@@ -9,30 +9,37 @@ import click
 
 from ..output import AtomicOutput
 from ..registry import MODELS
-from .common import input_options, load_scorer, reports_errors, scorer_options
+from .common import input_options, load_scorer, ray_options, ray_setup, reports_errors, scorer_options
 
 
 @click.command()
 @click.argument("trace", type=str)
 @scorer_options
 @input_options
+@ray_options
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write results here (atomically) instead of stdout.")
 @reports_errors
-def score(trace, output, fmt, max_record_mb, **options):
+def score(trace, output, fmt, max_record_mb, use_ray, address, actors, threads_per_actor, **options):
     """Score TRACE (.jsonl, .json with one object or a list, .parquet, or - for stdin).
 
     One object in gives one JSON object out; a list or JSONL gives JSONL in input order, with an
-    {"id", "error"} line for each bad record (exit 1 at the end).
+    {"id", "error"} line for each bad record (exit 1 at the end). With --ray, TRACE is JSONL or
+    Parquet (a file, a folder or a glob) scored on Ray Data; -o OUT.parquet keeps the input's columns.
 
     \b
     Example:
       rfedge score examples/trace.json
       cat traces.jsonl | rfedge score - --model ~/.cache/rfedge/models/gen-verse--reasonflux-prm-1.5b-int8
+      rfedge score 'shards/*.parquet' --ray --actors 2 -o scored.parquet
     """
     from ..jobs import score_source
     from ..sources import open_traces
 
+    on_ray = ray_setup(use_ray, address, actors, threads_per_actor, **options)
+    if on_ray:
+        _score_on_ray(trace, fmt, output, on_ray, options, max_record_mb << 20)
+        return
     source = open_traces(trace, fmt, max_record_mb << 20)
     scorer = load_scorer(**options)
     with AtomicOutput(output) as out:
@@ -42,6 +49,38 @@ def score(trace, output, fmt, max_record_mb, **options):
         sys.exit(1)
 
 
+def _actor_options(options: dict) -> dict:
+    """The scorer options each Ray actor gets (threads: --threads-per-actor)."""
+    return {"batch_size": options["batch_size"], "batch_tokens": options["batch_tokens"], "alpha": options["alpha"],
+            "cache_bytes": options["cache_mb"] << 20}
+
+
+def _score_on_ray(trace, fmt, output, on_ray, options: dict, max_record_bytes: int) -> None:
+    import time
+
+    from ..distributed import scored_input, write_scores
+
+    (ray_opts, model_dir), t0 = on_ray, time.perf_counter()
+    ds, _ = scored_input(trace, fmt, model_dir, ray_opts, max_record_bytes, **_actor_options(options))
+    s = write_scores(ds, output)
+    click.echo(f"rfedge score --ray: {s.rows} rows, {s.errors} could not be scored, {s.tokens} tokens, "
+               f"{time.perf_counter() - t0:.1f} s", err=True)
+    if s.errors:
+        sys.exit(1)
+
+
+def _ray_pass(on_ray, options: dict, max_record_bytes: int):
+    """``rfedge select``'s scoring pass on Ray: (path, format) -> scored rows in input order."""
+    from ..distributed import scored_input, scored_rows
+
+    ray_opts, model_dir = on_ray
+
+    def score(path: str, fmt: str):
+        ds, lines = scored_input(path, fmt, model_dir, ray_opts, max_record_bytes, **_actor_options(options))
+        return scored_rows(ds, lines, max_record_bytes)
+    return score
+
+
 @click.command()
 @click.argument("data", type=str)
 @click.option("--top-k", type=click.IntRange(min=1), required=True, help="Records kept per group.")
@@ -49,6 +88,7 @@ def score(trace, output, fmt, max_record_mb, **options):
 @click.option("--min-score", type=float, default=None, help="Keep only records scoring at least this.")
 @scorer_options
 @input_options
+@ray_options
 @click.option("--output", "-o", default=None, help="Write the kept records here (.jsonl or .parquet; default: stdout).")
 @click.option("--output-format", type=click.Choice(["jsonl", "parquet"]), default=None,
               help="Output format (default: by the output's suffix, JSON lines for stdout).")
@@ -56,7 +96,8 @@ def score(trace, output, fmt, max_record_mb, **options):
               help="Records that could not be scored, one JSON line each (default: OUT.errors.jsonl; stderr when "
                    "the output is stdout).")
 @reports_errors
-def select(data, top_k, group_by, min_score, output, output_format, errors_path, fmt, max_record_mb, **options):
+def select(data, top_k, group_by, min_score, output, output_format, errors_path, fmt, max_record_mb, use_ray, address,
+           actors, threads_per_actor, **options):
     """Keep the TOP-K best-scoring records of each group of DATA (.jsonl, .json, .parquet or -): the
     paper's offline data selection.
 
@@ -68,6 +109,7 @@ def select(data, top_k, group_by, min_score, output, output_format, errors_path,
       rfedge generate arith --n 4000 --candidates 4 -o candidates.jsonl
       rfedge select candidates.jsonl --top-k 1 --group-by group -o best.jsonl
       rfedge select trajectories.parquet --top-k 2 --min-score 1.2 -o selected.parquet
+      rfedge select candidates.jsonl --top-k 1 --group-by group --ray --actors 2 -o best.jsonl
     """
     from ..select import default_errors_path
     from ..select import select as run_select
@@ -75,10 +117,11 @@ def select(data, top_k, group_by, min_score, output, output_format, errors_path,
 
     if data != "-":
         check_input(data)
-    scorer = load_scorer(**options)
+    on_ray = ray_setup(use_ray, address, actors, threads_per_actor, **options)
+    scorer = None if on_ray else load_scorer(**options)
     errors_path = errors_path or default_errors_path(output)
     stats = run_select(scorer, data, output, top_k, group_by, min_score, fmt, errors_path, max_record_mb << 20,
-                       output_format)
+                       output_format, score=_ray_pass(on_ray, options, max_record_mb << 20) if on_ray else None)
     where = f" (see {errors_path})" if stats.errors and errors_path else ""
     click.echo(f"rfedge select: {stats.summary(top_k)}{where}", err=True)
     if stats.errors:

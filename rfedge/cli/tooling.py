@@ -22,14 +22,18 @@ from .common import export_extra, reports_errors
 @click.option("--max-length", type=click.IntRange(min=1), default=None,
               help="Longest input in tokens (default: min(8192, max_position_embeddings)).")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Validate on these traces instead of the built-in set.")
+              help="Traces like yours (JSONL/JSON/Parquet): every other one is held out for the gate; the "
+                   "built-in traces join both parts.")
+@click.option("--calibration-only", is_flag=True,
+              help="Fit and judge on --calibration's traces alone (a model that only knows one narrow task); "
+                   "recorded in the manifest.")
 @click.option("--max-step-delta", type=float, default=None, help="Override the step-reward tolerance.")
 @click.option("--max-trajectory-delta", type=float, default=None, help="Override the trajectory tolerance.")
 @click.option("--min-spearman", type=float, default=None, help="Override the trajectory Spearman bound.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--notice", default=None, hidden=True, help="A line shown whenever the model is used.")
 @reports_errors
-def export(source, out, precision, int8, recipe, max_length, calibration, max_step_delta,
+def export(source, out, precision, int8, recipe, max_length, calibration, calibration_only, max_step_delta,
            max_trajectory_delta, min_spearman, revision, notice):
     """Export SOURCE (a local directory or hub id, ReasonFlux-PRM-1.5B layout) to a validated ONNX model.
 
@@ -45,7 +49,7 @@ def export(source, out, precision, int8, recipe, max_length, calibration, max_st
     target = Path(out) if out else default_export_dir(source, precision)
     manifest = pipeline.export_model(
         source, target, precision=precision, recipe=recipe, max_length=max_length,
-        calibration=calibration, revision=revision, notice=notice,
+        calibration=calibration, calibration_only=calibration_only, revision=revision, notice=notice,
         tolerance={"max_abs_step": max_step_delta, "max_abs_trajectory": max_trajectory_delta,
                    "min_spearman": min_spearman})
     click.echo(json.dumps({"out": str(target), "precision": manifest["precision"],

@@ -20,6 +20,7 @@ from typing import Any
 from ..constants import STEP_SEPARATOR
 from ..scorer import ScoreResult
 from ..sources import Row, to_record
+from ..errors import TraceFormatError
 from ..traces import Record, Trace, parse_trace
 
 STEP_TAG = "<extra_0>"
@@ -59,7 +60,10 @@ def messages_trace(messages: Any) -> Trace:
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise RequestError(400, "'messages' must be a list of objects with 'role' and 'content'", "messages")
     flat = [{**m, "content": _content(m.get("content"))} for m in messages]
-    trace = parse_trace({"messages": flat})
+    try:
+        trace = parse_trace({"messages": flat})
+    except TraceFormatError as e:
+        raise RequestError(400, f"'messages': {e.reason}", "messages") from None
     return Trace(trace.problem, _steps(trace.completion))
 
 

@@ -1,0 +1,329 @@
+"""Batch scoring on Ray Data: the same scorer on a cluster (the ``distributed`` extra).
+
+:func:`score_dataset` maps a Ray dataset of trace records through a pool of actors, each holding
+one verified :class:`~rfedge.scorer.Scorer`, and adds rfedge's columns to every row, keeping the
+row and all its columns (a bad record gets ``error`` and null scores, nothing is dropped):
+
+- ``score``, ``trajectory_reward`` (float, null on error), ``steps`` (list of {section, index,
+  reward, token_index}), ``num_tokens`` (int), ``truncated`` (bool), ``error`` (string, null when
+  scored), ``result`` (the JSON line ``rfedge score`` writes for the record, so a cluster run's JSONL
+  output is byte for byte the single machine's).
+
+:func:`read_input` reads JSONL as lines (each line parsed by rfedge's own reader, so a malformed
+line is one error row, as on one machine) and Parquet as rows. The model directory must be reachable
+at the same path from every node (a shared filesystem, or the same path on each node); each actor
+verifies its files' sha256 once when it starts. Nothing here is imported by ``import rfedge``.
+"""
+
+from __future__ import annotations
+
+import io
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import TraceFormatError, UsageError
+from .extras import require
+from .sinks import json_line
+from .sources import parse_json
+from .traces import Record
+
+RESULT_COLUMNS = ("score", "trajectory_reward", "steps", "num_tokens", "truncated", "error", "result")
+LINE_COLUMN, PATH_COLUMN = "record", "path"  # a JSONL input's line (bytes) and its file
+
+
+def _ray():
+    return require("ray", "distributed", "--ray")
+
+
+def init(address: str | None = None, object_store_mb: int = 256) -> None:
+    """Connect to ``address`` (``auto``, ``ray://host:port``) or start a local Ray (small object store,
+    no dashboard, no usage stats). Keeps row order in every dataset (preserve_order)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray = _ray()
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs["object_store_memory"] = object_store_mb << 20
+        ray.init(**kwargs)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+
+
+def input_paths(data: str) -> list[str]:
+    """A file, a folder or a glob (expanded here for local paths); URIs (``s3://``...) pass through."""
+    if "://" in data:
+        return [data]
+    paths = sorted(glob.glob(data)) if glob.has_magic(data) else [data]
+    if not paths or not all(Path(p).exists() for p in paths):
+        raise UsageError(f"{data}: no such file, folder or matching files")
+    return paths
+
+
+def input_kind(paths: list[str], fmt: str = "auto") -> str:
+    if fmt in ("jsonl", "parquet"):
+        return fmt
+    if fmt != "auto":
+        raise UsageError(f"--format {fmt} is not supported with --ray: use JSONL or Parquet")
+    names = [p for path in paths for p in ([path] if not Path(path).is_dir() else
+                                             [str(q) for q in Path(path).iterdir() if q.is_file()])]
+    kinds = {"parquet" if n.lower().endswith(".parquet") else "jsonl" if n.lower().endswith((".jsonl", ".jsonl.gz"))
+             else None for n in names}
+    if len(kinds) != 1 or None in kinds:
+        raise UsageError(f"{', '.join(paths)}: --ray reads .jsonl or .parquet files (one kind per run); "
+                         "pass --format jsonl|parquet")
+    return kinds.pop()
+
+
+class _RawReader(io.RawIOBase):
+    """A pyarrow input stream as a raw Python file (its own readline takes no size limit)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _parquet_datasource(paths: list[str]):
+    """Parquet files as their own columns, row group by row group (read_parquet would list files in
+    a task of its own that needs a whole CPU, which actors holding every CPU would starve)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.datasource import FileBasedDatasource
+
+    class ParquetRowGroups(FileBasedDatasource):
+        def _open_input_source(self, filesystem, path: str, **open_args):
+            return filesystem.open_input_file(path)  # Parquet needs random access
+
+        def _read_stream(self, f, path: str):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+                yield pa.Table.from_batches([batch])
+
+    return ParquetRowGroups(paths)
+
+
+def _jsonl_datasource(paths: list[str], max_bytes: int):
+    """JSONL split at ``\\n`` bytes only, streamed, one row per non-blank line: {path, line, record
+    (bytes, null when over ``max_bytes``)}; decoding and parsing happen in the actors, as
+    :func:`rfedge.sources.jsonl_rows` does them, so every line's error reads as on one machine."""
+    import pyarrow as pa
+    from ray.data.datasource import FileBasedDatasource
+
+    from .sources import display_name, jsonl_lines
+
+    class JsonlLines(FileBasedDatasource):
+        def _read_stream(self, f, path: str):
+            name, rows = display_name(path), {PATH_COLUMN: [], "line": [], LINE_COLUMN: []}
+
+            def block():
+                return pa.table({PATH_COLUMN: pa.array(rows[PATH_COLUMN], pa.string()),
+                                 "line": pa.array(rows["line"], pa.int64()),
+                                 LINE_COLUMN: pa.array(rows[LINE_COLUMN], pa.binary())})
+            for lineno, raw in jsonl_lines(io.BufferedReader(_RawReader(f), 1 << 20), max_bytes):
+                rows[PATH_COLUMN].append(name)
+                rows["line"].append(lineno)
+                rows[LINE_COLUMN].append(raw)
+                if len(rows["line"]) >= 1024:
+                    yield block()
+                    rows = {k: [] for k in rows}
+            if rows["line"]:
+                yield block()
+
+    return JsonlLines(paths)
+
+
+READ_CPUS = 0  # see read_input
+
+
+def read_input(data: str, fmt: str = "auto", max_record_bytes: int = 64 << 20):
+    """A Ray dataset of ``data``'s records: JSONL as {path, line, record (the line's bytes)} rows,
+    Parquet as its own columns."""
+    ray = _ray()
+    paths = input_paths(data)
+    # Reading is I/O: it reserves no CPU, so actors that hold every CPU cannot starve it.
+    if input_kind(paths, fmt) == "parquet":
+        return ray.data.read_datasource(_parquet_datasource(paths), num_cpus=READ_CPUS)
+    return ray.data.read_datasource(_jsonl_datasource(paths, max_record_bytes), num_cpus=READ_CPUS)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    threads: int = 1
+    batch_size: int = 8
+    alpha: float | None = None
+    max_record_bytes: int = 64 << 20
+    batch_tokens: int | None = None  # None: the Scorer's defaults
+    cache_bytes: int | None = None
+    lines: bool = False  # rows are JSONL lines (read_input's LINE_COLUMN), parsed here
+
+
+class ScoreBatch:
+    """The Ray Data callable class: one verified Scorer per actor, a pyarrow table in and out."""
+
+    def __init__(self, model_dir: str, options: ScoreOptions):
+        from .scorer import Scorer
+
+        kwargs = {k: v for k, v in (("alpha", options.alpha), ("batch_tokens", options.batch_tokens),
+                                    ("cache_bytes", options.cache_bytes)) if v is not None}
+        self.scorer = Scorer.load(model_dir, device="cpu", threads=options.threads, batch_size=options.batch_size,
+                                  **kwargs)
+        self.options = options
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        rows = table.to_pylist()
+        records = [self._record(row) for row in rows]
+        columns: dict[str, list] = {c: [] for c in RESULT_COLUMNS}
+        types = result_types()
+        for record, result in self.scorer.score_records(records):
+            for name, value in result_columns(record, result).items():
+                columns[name].append(value)
+        for name in RESULT_COLUMNS:
+            table = table.append_column(name, pa.array(columns[name], type=types[name]))
+        return table
+
+    def _record(self, row: dict) -> Record:
+        return row_record(row, self.options)
+
+
+def row_record(row: dict, options: ScoreOptions) -> Record:
+    """A dataset row as the Scorer's record: a JSONL line read as ``rfedge score`` reads it, or the
+    row itself (its columns are the record's fields)."""
+    from .sources import Row, line_row, to_record
+
+    if not options.lines:
+        return to_record(Row("record", row))
+    return to_record(line_row(row[PATH_COLUMN], row["line"], row[LINE_COLUMN], options.max_record_bytes))
+
+
+def result_types() -> dict:
+    import pyarrow as pa
+
+    step = pa.struct([("section", pa.string()), ("index", pa.int64()), ("reward", pa.float64()),
+                      ("token_index", pa.int64())])
+    return {"score": pa.float64(), "trajectory_reward": pa.float64(), "steps": pa.list_(step),
+            "num_tokens": pa.int64(), "truncated": pa.bool_(), "error": pa.string(), "result": pa.string()}
+
+
+def result_columns(record: Record, result) -> dict:
+    """rfedge's columns for one record (the error's text where it could not be scored)."""
+    from .jobs import result_line
+
+    line = json_line(result_line(record, result)).rstrip("\n")
+    if isinstance(result, TraceFormatError):
+        return {"score": None, "trajectory_reward": None, "steps": None, "num_tokens": None, "truncated": None,
+                "error": str(result), "result": line}
+    d = result.to_dict()
+    return {"score": d["score"], "trajectory_reward": d["trajectory_reward"], "steps": d["steps"],
+            "num_tokens": d["num_tokens"], "truncated": d["truncated"], "error": None, "result": line}
+
+
+def score_dataset(ds, model_dir: str | Path, *, actors: int = 1, threads_per_actor: int = 1, batch_size: int = 8,
+                  alpha: float | None = None, rows_per_call: int = 64, lines: bool = False,
+                  max_record_bytes: int = 64 << 20, batch_tokens: int | None = None, cache_bytes: int | None = None):
+    """``ds`` with rfedge's columns added (see the module doc), scored by ``actors`` actors of
+    ``threads_per_actor`` ONNX Runtime threads each (each actor reserves that many CPUs). ``lines``:
+    the rows are JSONL lines from :func:`read_input`. Rows keep their input order: this sets Ray
+    Data's ``preserve_order`` for the driver."""
+    ray = _ray()
+    if actors < 1 or threads_per_actor < 1:
+        raise UsageError(f"actors and threads per actor must be at least 1, got {actors} and {threads_per_actor}")
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    options = ScoreOptions(threads=threads_per_actor, batch_size=batch_size, alpha=alpha,
+                           max_record_bytes=max_record_bytes, lines=lines, batch_tokens=batch_tokens,
+                           cache_bytes=cache_bytes)
+    return ds.map_batches(ScoreBatch, fn_constructor_args=(str(Path(model_dir).resolve()), options),
+                          batch_size=rows_per_call, batch_format="pyarrow",
+                          compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads_per_actor)
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    errors: int = 0
+    tokens: int = 0
+
+    def add(self, row: dict) -> None:
+        self.rows += 1
+        self.errors += row["error"] is not None
+        self.tokens += row["num_tokens"] or 0
+
+
+def iter_results(ds) -> Iterator[dict]:
+    """The scored rows in input order (on the driver)."""
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=256):
+        yield from batch.to_pylist()
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None
+    actors: int = 1
+    threads_per_actor: int = 1
+
+
+def scored_input(data: str, fmt: str, model_dir, ray_options: RayOptions, max_record_bytes: int = 64 << 20,
+                 **scorer_options):
+    """(dataset with rfedge's columns, whether its rows are JSONL lines) for ``data``;
+    ``scorer_options``: batch_size, batch_tokens, alpha, cache_bytes as :func:`score_dataset` takes them."""
+    init(ray_options.address)
+    paths = input_paths(data)
+    lines = input_kind(paths, fmt) == "jsonl"
+    ds = score_dataset(read_input(data, fmt, max_record_bytes), model_dir, actors=ray_options.actors,
+                       threads_per_actor=ray_options.threads_per_actor, lines=lines,
+                       max_record_bytes=max_record_bytes, **scorer_options)
+    return ds, lines
+
+
+def write_scores(ds, output: str | None, output_fmt: str | None = None) -> Summary:
+    """Every row to ``output`` in input order: JSONL as ``rfedge score`` writes it (the ``result``
+    column), or Parquet with the input's columns and rfedge's (without ``result``)."""
+    from .sinks import output_format, row_writer
+
+    summary, fmt = Summary(), output_format(output, output_fmt)
+    with row_writer(output, fmt) as writer:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=256):
+            rows = batch.to_pylist()
+            for row in rows:
+                summary.add(row)
+            if fmt == "jsonl":
+                writer.write_lines([row["result"] for row in rows])
+            else:
+                writer.write([{k: v for k, v in row.items() if k != "result"} for row in rows])
+    return summary
+
+
+@dataclass(frozen=True)
+class _Scored:
+    score: float
+    trajectory_reward: float
+    num_tokens: int
+
+
+def scored_rows(ds, lines: bool, max_record_bytes: int = 64 << 20) -> Iterator[tuple]:
+    """(row, record, result or TraceFormatError) per scored dataset row, in input order, as
+    :func:`rfedge.select.scored_rows` gives them on one machine (for ``rfedge select --ray``)."""
+    from .sources import Row
+
+    options = ScoreOptions(lines=lines, max_record_bytes=max_record_bytes)
+    for row in iter_results(ds):
+        fields = {k: v for k, v in row.items() if k not in RESULT_COLUMNS}
+        record = row_record(fields, options)
+        value = record.trace and (parse_json(fields[LINE_COLUMN].decode("utf-8")) if lines else fields)
+        if record.error is not None:
+            result = record.error
+        elif row["error"] is not None:
+            result = TraceFormatError(row["error"])
+        else:
+            result = _Scored(row["score"], row["trajectory_reward"], row["num_tokens"])
+        yield Row(record.where, value), record, result
