@@ -7,6 +7,13 @@ reports the child's peak RSS, the wall time and whether every input line got exa
 line in order. Run it at two sizes to see that the peak does not grow with the input:
 
     python bench/stream_memory.py --size-mb 64 --size-mb 1024
+
+``--record-mb N`` (repeatable) measures one record of N MB (a trajectory of N MB of steps) between
+40 ordinary traces, against the same 40 traces without it: the peak should stay near that
+baseline (records up to --max-record-bytes, 64 MiB by default, are tokenized only as far as the
+model's max length; longer ones are error lines, skipped without being held):
+
+    python bench/stream_memory.py --record-mb 10 --record-mb 200
 """
 
 from __future__ import annotations
@@ -88,13 +95,55 @@ def run(size_mb: int, workdir: Path, model: str | None, batch_tokens: int | None
     return row
 
 
+def _score(src: Path, out: Path, model: str | None) -> tuple[int, float, float, str]:
+    cmd = [sys.executable, "-m", "rfedge", "score", str(src), "--output", str(out)] + (["--model", model] if model else [])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, time.perf_counter() - t0, stderr
+
+
+def run_record(record_mb: int, workdir: Path, model: str | None) -> dict:
+    """One record of ``record_mb`` MB among 40 ordinary traces, against the 40 alone."""
+    traces = [json.dumps({**t, "id": f"r{i}"}) for i, t in enumerate(generate("arith", 40, seed=5))]
+    step = json.dumps("12 + 7 = 19\n\n")[1:-1]  # JSON-escaped; the record is written in pieces, never held
+    repeats = record_mb * 1024 * 1024 // len(step)
+    row = {"record_mb": record_mb}
+    for name, with_record in (("baseline", False), ("with record", True)):
+        src, out = workdir / "rec.jsonl", workdir / "rec-out.jsonl"
+        with src.open("w") as f:
+            f.write("\n".join(traces[:20]) + "\n")
+            if with_record:
+                f.write('{"id": "big", "problem": "Count.", "response": "done", "trajectory": "')
+                for _ in range(repeats // 1000):
+                    f.write(step * 1000)
+                f.write('"}\n')
+            f.write("\n".join(traces[20:]) + "\n")
+        row["record_bytes"] = src.stat().st_size
+        lines = 41 if with_record else 40
+        rc, peak, wall, stderr = _score(src, out, model)
+        got = [json.loads(x) for x in out.read_text().splitlines()]
+        row[name] = {"exit_code": rc, "peak_rss_mb": peak, "seconds": wall, "output_lines": len(got),
+                     "lines": lines, "traceback": "Traceback" in stderr,
+                     "big": got[20] if with_record and len(got) > 20 else None}
+        if row[name]["big"]:
+            row[name]["big"] = {k: v for k, v in row[name]["big"].items() if k in ("id", "error", "num_tokens", "truncated")}
+        src.unlink()
+        out.unlink()
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, action="append", help="input size (repeatable; default 64 and 1024)")
     ap.add_argument("--model", default=None, help="model directory (default: rfedge's default resolution)")
     ap.add_argument("--batch-tokens", type=int, default=None, help="passed to rfedge score")
+    ap.add_argument("--record-mb", type=int, action="append", help="one record of this size (repeatable)")
     ap.add_argument("--workdir", default=None, help="where the input is written (needs size-mb of free disk)")
     args = ap.parse_args()
+    if args.record_mb:
+        return records(args)
     sizes = args.size_mb or [64, 1024]
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as d:
@@ -107,6 +156,23 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "stream_memory.json").write_text(json.dumps(rows, indent=1) + "\n")
     ok = all(r["output_lines"] == r["lines"] and r["in_order"] and not r["traceback"] for r in rows)
+    sys.exit(0 if ok else 1)
+
+
+def records(args) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as d:
+        for mb in args.record_mb:
+            r = run_record(mb, Path(d), args.model)
+            rows.append(r)
+            b, w = r["baseline"], r["with record"]
+            print(f"{mb:>4} MB record: peak RSS {w['peak_rss_mb']:.0f} MB (40 traces alone: {b['peak_rss_mb']:.0f} MB), "
+                  f"{w['output_lines']}/{w['lines']} lines out, exit {w['exit_code']}, traceback {w['traceback']}, "
+                  f"{w['seconds']:.1f} s; the record: {w['big']}", flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "stream_memory_records.json").write_text(json.dumps(rows, indent=1) + "\n")
+    ok = all(r["with record"]["output_lines"] == r["with record"]["lines"] and not r["with record"]["traceback"]
+             for r in rows)
     sys.exit(0 if ok else 1)
 
 

@@ -35,20 +35,31 @@ def _section_spans(completion: str) -> list[tuple[str, int, int]]:
             ("response", close_at + len(THINK_CLOSE), len(completion))]
 
 
-def split_steps(problem: str, completion: str) -> list[Step]:
-    """Steps of ``completion`` with character spans in ``problem + completion``."""
+def split_steps(problem: str, completion: str, limit: int | None = None) -> list[Step]:
+    """Steps of ``completion`` with character spans in ``problem + completion``.
+
+    With ``limit`` (a character position in ``problem + completion``), only the steps whose text
+    (up to the next separator or section end) lies before ``limit`` are listed: the text past it is
+    never split, so the work and memory follow ``limit``, not the text."""
     base = len(problem)
+    limit = base + len(completion) if limit is None else limit
     steps: list[Step] = []
     for section, lo, hi in _section_spans(completion):
-        index = 0
-        pos = lo
-        for piece in completion[lo:hi].split(SEPARATOR):
+        index, pos = 0, lo
+        while True:
+            sep = completion.find(SEPARATOR, pos, hi)
+            end = hi if sep < 0 else sep
+            if base + end > limit:
+                return steps
+            piece = completion[pos:end]
             stripped = piece.strip()
             if stripped:
                 start = pos + piece.index(stripped)
                 steps.append(Step(section, index, base + start, base + start + len(stripped)))
                 index += 1
-            pos += len(piece) + len(SEPARATOR)
+            if sep < 0:
+                break
+            pos = sep + len(SEPARATOR)
     return steps
 
 

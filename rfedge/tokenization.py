@@ -2,15 +2,19 @@
 
 Text is encoded in windows of at most :data:`WINDOW_CHARS` characters, cut only where Qwen2.5's
 pre-tokenizer itself splits (after a newline before a non-space, before a space between two
-letters, between two digits), so the ids are those of encoding the whole text at once, while
-memory per trace stays bounded: ids past the model's max length are counted, not kept, and each
-window's offsets are dropped once its step boundaries are found. Without a safe cut in a window it
-is cut at its end, which can shift the count (never the ids kept) by a token or so.
+letters, between two digits), so the ids are those of encoding the whole text at once. Encoding
+stops after the window in which the model's max length is passed: the text past it is neither
+tokenized nor split into steps, so a trace's work and memory are bounded by max length plus one
+window, whatever its size. For such a trace ``total`` counts the tokens up to there (a lower bound
+of the whole text's), and the steps that do not end inside the encoded text are not listed. Without
+a safe cut in a window it is cut at its end, which can shift the count (never the ids kept) by a
+token or so.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,15 +58,14 @@ def _safe_cut(text: str, lo: int, hi: int) -> int:
     return hi
 
 
-def windows(text: str, size: int = WINDOW_CHARS) -> list[tuple[int, int]]:
-    """Character spans covering ``text``, each at most ``size`` long, cut at safe positions."""
-    spans, lo = [], 0
+def windows(text: str, size: int = WINDOW_CHARS) -> Iterator[tuple[int, int]]:
+    """Character spans covering ``text`` in order, each at most ``size`` long, cut at safe positions."""
+    lo = 0
     while len(text) - lo > size:
         cut = _safe_cut(text, lo, lo + size)
-        spans.append((lo, cut))
+        yield lo, cut
         lo = cut
-    spans.append((lo, len(text)))
-    return spans
+    yield lo, len(text)
 
 
 class TraceTokenizer:
@@ -83,19 +86,19 @@ class TraceTokenizer:
     def encode(self, trace: Trace) -> Encoded:
         text = trace.text
         _check_utf8(text)
-        steps = split_steps(trace.problem, trace.completion)
-        last_chars = np.array([s.end - 1 for s in steps], dtype=np.int64)
         keep = self.max_length if self.max_length is not None else len(text) + 1
-        ids, step_tokens, total = [], np.zeros(len(steps), dtype=np.int64), 0
+        ids, starts, total, end = [], [], 0, len(text)
         for lo, hi in windows(text, self.window_chars):
             enc = self._tk.encode(text[lo:hi], add_special_tokens=False)
-            starts = np.fromiter((o[0] + lo for o in enc.offsets), dtype=np.int64, count=len(enc.offsets))
-            inside = (last_chars >= lo) & (last_chars < hi)
-            if inside.any():
-                step_tokens[inside] = total + boundary_tokens([s for s, k in zip(steps, inside, strict=True) if k], starts)
+            starts.append(np.fromiter((o[0] + lo for o in enc.offsets), dtype=np.int64, count=len(enc.offsets)))
             if total < keep:
                 ids.append(np.asarray(enc.ids[:keep - total], dtype=np.int64))
             total += len(enc.ids)
+            if total > keep and hi < len(text):
+                end = hi  # past max length: the rest is neither tokenized nor split
+                break
+        steps = split_steps(trace.problem, trace.completion, limit=end)
+        step_tokens = boundary_tokens(steps, np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64))
         ids_all = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
         return Encoded(ids_all, tuple(steps), step_tokens, total)
 

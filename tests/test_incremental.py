@@ -164,7 +164,29 @@ def test_windowed_tokenization_equals_whole(qwen_tokenizer, tmp_path):
     for _ in range(30):
         text = "".join(rng.choice(parts) for _ in range(rng.randint(50, 400)))
         trace = Trace("P: ", text)
-        assert len(windows(trace.text, 64)) >= len(trace.text) // 64
+        assert len(list(windows(trace.text, 64))) >= len(trace.text) // 64
         a, b = whole.encode(trace), small.encode(trace)
         assert a.total == b.total and np.array_equal(a.ids, b.ids) and np.array_equal(a.step_tokens, b.step_tokens)
         assert a.ids.tolist() == qwen_tokenizer.encode(trace.text, add_special_tokens=False).ids
+
+
+def test_tokenization_stops_one_window_past_max_length(qwen_tokenizer, tmp_path):
+    """A huge trace is encoded only up to the window where max length is passed: same ids, same
+    steps and boundary tokens as far as they go, a lower-bound token count, bounded work."""
+    from rfedge.tokenization import TraceTokenizer
+
+    qwen_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    steps = [f"step {i}: " + "12 + 7 = 19 and so on " * (1 + i % 5) for i in range(20_000)]
+    trace = Trace("Add.", "<think>\n" + "\n\n".join(steps) + "\n</think>\n\nDone.")
+    full = TraceTokenizer(tmp_path / "tokenizer.json", max_length=300, window_chars=1 << 30).encode(trace)
+    bounded = TraceTokenizer(tmp_path / "tokenizer.json", max_length=300, window_chars=4096)
+    calls = []
+    encode = bounded._tk.encode
+    bounded._tk = type("T", (), {"encode": lambda self, text, **kw: calls.append(len(text)) or encode(text, **kw)})()
+    got = bounded.encode(trace)
+    assert sum(calls) <= 2 * 4096 < len(trace.text) // 100  # one or two windows of a 2.5 MB text
+    assert np.array_equal(got.ids, full.ids) and got.truncated and 300 < got.total < full.total
+    n = len(got.steps)
+    assert 0 < n < len(full.steps) and got.steps == full.steps[:n]  # sections as in the whole text
+    assert np.array_equal(got.step_tokens, full.step_tokens[:n]) and got.steps[0].section == "thinking"
+    assert (got.step_tokens >= 300).any()  # unscored steps past the cut are still listed, up to the window end

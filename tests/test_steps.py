@@ -1,6 +1,8 @@
 """Sections, steps and boundary tokens: the rendering contract."""
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rfedge.steps import boundary_tokens, split_steps
 from rfedge.traces import parse_trace
@@ -54,3 +56,15 @@ def test_boundary_with_multibyte_character_split_over_tokens(qwen_tokenizer):
     first = boundary_tokens(steps, starts)[0]
     # the emoji spans several byte-level tokens; the boundary is the last of them
     assert qwen_tokenizer.decode(enc.ids[: first + 1]).endswith("🎉")
+
+
+@given(st.lists(st.sampled_from(["a", " ", "\n", "\n\n", "<think>\n", "\n</think>\n\n", "xy z", "1"]), max_size=40),
+       st.integers(min_value=0, max_value=200))
+def test_steps_up_to_a_limit_are_the_steps_that_end_before_it(parts, limit):
+    problem, completion = "Q: ", "".join(parts)
+    whole = split_steps(problem, completion)
+    cut = split_steps(problem, completion, limit=limit)
+    assert cut == whole[:len(cut)] and all(s.end <= limit for s in cut)
+    if len(cut) < len(whole):  # the first step left out is not closed by a separator before the limit
+        nxt = whole[len(cut)]
+        assert nxt.end > limit or "\n\n" not in (problem + completion)[nxt.end:limit]
