@@ -47,6 +47,7 @@ class DistillConfig:
     device: str = "cpu"
     dtype: str = "fp32"
     seed: int = 0
+    teacher_quant: str = "none"  # bitsandbytes int8 / nf4 teacher on CUDA (checkpoint.quantized)
 
 
 @dataclass
@@ -243,9 +244,11 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
             teacher_layout: str | None = None, resume: bool = False, log=_log) -> dict:
     import torch
 
+    from .checkpoint.quantized import check_quant
     from .checkpoint.source import load_scalar_prm, resolve_source
     from .parity.references import load_reference
 
+    check_quant(cfg.teacher_quant, cfg.device, "--teacher-quant")  # before anything is read
     out, t0 = Path(out), time.time()
     if out.exists() and not resume and any(out.iterdir()):
         raise UsageError(f"{out}: exists; pass --resume to continue it or choose another --out")
@@ -256,7 +259,7 @@ def distill(data: str, teacher: str, student: str, out: Path, cfg: DistillConfig
     if prm.step_head is not None:
         log(f"rfedge distill: {src.id} already has a step head; it is replaced")
     log(f"rfedge distill: teacher step rewards for {len(traces)} traces from {teacher}")
-    reference = load_reference(teacher, teacher_layout, cfg.dtype, cfg.device)
+    reference = load_reference(teacher, teacher_layout, cfg.dtype, cfg.device, cfg.teacher_quant, "--teacher-quant")
     targets = teacher_targets(traces, reference, RewardCache(out / "teacher_cache.jsonl"),
                               lambda xs: progress(xs, "teacher"))
     del reference

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rfedge import __version__
-from rfedge.constants import GRAPH_FILE, MANIFEST_NAME, PAD_TOKEN_ID, TOKENIZER_FILE
+from rfedge.constants import BUILT_FOR, GRAPH_FILE, MANIFEST_NAME, PAD_TOKEN_ID, TOKENIZER_FILE
 from rfedge.errors import ModelFilesError, UsageError, ValidationError
 from rfedge.interface import CacheShape, cached_io
 from rfedge.manifest import manifest_body, parse_manifest, write_manifest
@@ -118,7 +118,7 @@ def _manifest_data(src, cfg: dict, cache: CacheShape, rec: Recipe, quant: dict, 
                    "hidden_size": cfg.get("hidden_size"), "num_hidden_layers": cfg.get("num_hidden_layers")},
         "precision": rec.precision, "quantization": {"recipe": rec.name, **quant},
         "interface": "cached", "inputs": inputs, "outputs": outputs, "cache": cache.to_dict(),
-        "token_independent": rec.token_independent,
+        "token_independent": rec.token_independent, "devices": list(BUILT_FOR[rec.precision]),
         "graph": GRAPH_FILE, "tokenizer": TOKENIZER_FILE, "max_length": max_length,
         "pad_token_id": pad if isinstance(pad, int) and not isinstance(pad, bool) else PAD_TOKEN_ID,
         "heads": {"trajectory": "reward_head", "step": "step_head" if has_step_head else "reward_head"},
@@ -158,6 +158,17 @@ def _correct_drift(rec: Recipe, fp32: Path, final: Path, data: dict, fit: Fit, c
     return {**fit.summary, "graph_on_fit_traces": rounds}
 
 
+def _check_devices(rec: Recipe, graph: Path) -> None:
+    """A graph built for CUDA uses only what the CUDA execution provider runs (onnx.cuda)."""
+    from .onnx.cuda import cuda_gaps, load_graph
+
+    if "cuda" in BUILT_FOR[rec.precision]:
+        gaps = cuda_gaps(load_graph(graph))
+        if gaps:
+            raise ValidationError(f"the {rec.name} graph has nodes the CUDA execution provider cannot run: "
+                                  f"{'; '.join(gaps)}")
+
+
 def export_model(source: str, out: Path, precision: str = "int8", recipe: str | None = None,
                  max_length: int | None = None, calibration: str | None = None,
                  tolerance: dict | None = None, revision: str | None = None,
@@ -194,6 +205,7 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
         log(f"[4/6] applying {rec.name}: {rec.description}")
         final = work / "model"
         quant = _apply(rec, fp32, fit.formats if fit else None, final)
+        _check_devices(rec, final / GRAPH_FILE)
         shutil.copyfile(src.path / TOKENIZER_FILE, final / TOKENIZER_FILE)
         data = _manifest_data(src, cfg, cache, rec, quant, max_length, has_step_head, source_id, notice)
         if fit:

@@ -23,6 +23,13 @@ FORMAT_NAME = "rfedge-model"
 # Choices offered by the commands
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 DEVICES = ("auto", "cpu", "cuda")  # where the runtime scores (ONNX Runtime providers)
+# The devices a graph of each precision is built for (a manifest's "devices"; older manifests: this).
+# Only fp16 runs on CUDA: its GroupQueryAttention has no float32 CUDA kernel, nor do the integer
+# kernels of int8 (export/onnx/cuda_kernels.json; tests/test_devices.py walks the graphs against it).
+BUILT_FOR = {"fp32": ("cpu",), "fp16": ("cuda",), "int8": ("cpu",), "int4": ("cpu",)}
+WHY_NOT_CUDA = {"fp32": "its float32 GroupQueryAttention has no CUDA kernel",
+                "int8": "its MatMulIntegerToFloat and float32 attention have no CUDA kernels",
+                "int4": "its float32 attention has no CUDA kernel"}
 TORCH_DEVICES = ("cpu", "cuda")  # where the export tooling runs torch models
 
 # Scoring defaults (Scorer.load and rfedge score)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .constants import FORMAT_NAME, GRAPH_FILE, MANIFEST_NAME, PAD_TOKEN_ID, PRECISIONS, TOKENIZER_FILE
+from .constants import BUILT_FOR, FORMAT_NAME, GRAPH_FILE, MANIFEST_NAME, PAD_TOKEN_ID, PRECISIONS, TOKENIZER_FILE
 from .errors import ModelFilesError
 from .interface import POOLED_INPUTS, POOLED_OUTPUTS, CacheShape, cached_io
 
@@ -57,6 +57,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     cache: CacheShape | None = None  # the cached interface's K/V buffers (format 2)
     token_independent: bool = True  # each token's numbers independent of batch and chunking
+    devices: tuple = ("cpu",)  # what the graph is built for ("cpu", "cuda"); see constants.BUILT_FOR
 
     @property
     def graph_path(self) -> Path:
@@ -225,12 +226,18 @@ def parse_manifest(directory: Path, data: dict, path: Path) -> Manifest:
         format_version=version,
         cache=CacheShape(cache["layers"], cache["kv_heads"], cache["head_dim"]) if cache else None,
         token_independent=f.get("token_independent", lambda v: isinstance(v, bool), "true or false", True),
+        devices=tuple(f.get("devices", _is_devices, 'a non-empty list of "cpu" and "cuda"',
+                            list(BUILT_FOR.get(data.get("precision"), ("cpu",))))),
     )
     for name in (m.graph, m.tokenizer):
         if name not in files:
             raise ModelFilesError(f"{path}: '{name}' is not listed under files; re-export the model")
     _check_interface(f, m)
     return m
+
+
+def _is_devices(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(d in ("cpu", "cuda") for d in v) and len(set(v)) == len(v)
 
 
 def _check_interface(f: _Fields, m: Manifest) -> None:

@@ -6,7 +6,7 @@ from importlib import metadata
 
 import numpy as np
 
-from .constants import DEVICES
+from .constants import DEVICES, WHY_NOT_CUDA
 from .errors import MissingExtraError, ModelFilesError, RuntimeFailure, UsageError
 from .interface import CACHED_OUTPUTS, POOLED_OUTPUTS, past_names, present_names
 from .manifest import Manifest
@@ -35,19 +35,34 @@ def _import_ort():
     return onnxruntime
 
 
-def providers_for(device: str, available: list[str]) -> list[str]:
+def providers_for(device: str, available: list[str], manifest: Manifest | None = None) -> tuple[list[str], list[str]]:
+    """ONNX Runtime providers for ``device`` and the graph, and notes for the user (what ``auto``
+    chose and why, a graph off the device it was built for)."""
     if device not in DEVICES:
         raise UsageError(f"unknown device '{device}': choose one of {', '.join(DEVICES)}")
+    built_for = manifest.devices if manifest else ("cpu", "cuda")
     cuda = "CUDAExecutionProvider" in available
     if device == "cuda":
+        if manifest and "cuda" not in built_for:
+            raise UsageError(
+                f"--device cuda: {manifest.describe()} is an {manifest.precision} graph built for CPUs "
+                f"({WHY_NOT_CUDA.get(manifest.precision, 'it has no CUDA kernels')}); score it with --device cpu, "
+                "or export one for the GPU: rfedge export SOURCE --precision fp16")
         if not cuda:
             raise UsageError(
                 "--device cuda: this ONNX Runtime has no CUDAExecutionProvider "
                 f"(available: {', '.join(available)}); pip install 'rfedge[gpu]' in a fresh environment")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"], []
+    notes = []
     if device == "auto" and cuda:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+        if "cuda" in built_for:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"], []
+        notes.append(f"--device auto: scoring on the CPU, not CUDA: this {manifest.precision} graph is built for "
+                     "CPUs (export with --precision fp16 for the GPU)")
+    if manifest and "cpu" not in built_for:
+        notes.append(f"this {manifest.precision} graph is built for CUDA; on the CPU it runs several times slower "
+                     "than an int8 export (rfedge export SOURCE --int8)")
+    return ["CPUExecutionProvider"], notes
 
 
 class GraphSession:
@@ -62,7 +77,7 @@ class GraphSession:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        self.providers = providers_for(device, ort.get_available_providers())
+        self.providers, self.notes = providers_for(device, ort.get_available_providers(), manifest)
         self.graph_path = manifest.graph_path
         check_external_data(manifest)  # before ONNX Runtime opens any file the graph names
         try:

@@ -75,6 +75,15 @@ def int8_export(tmp_path_factory, scalar_ckpt):
 
 
 @pytest.fixture(scope="session")
+def fp16_export(tmp_path_factory, scalar_ckpt):
+    from rfedge_export.export import export_model
+
+    out = tmp_path_factory.mktemp("exports") / "tiny-fp16"
+    export_model(str(scalar_ckpt), out, precision="fp16", log=lambda m: None, progress=None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def scalar_prm(scalar_ckpt):
     from rfedge_export.checkpoint.source import load_scalar_prm, resolve_source
 

@@ -118,14 +118,8 @@ def test_graph_has_no_hidden_state_output(fp32_export):
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
-def test_quantized_within_tolerance(precision, tmp_path_factory, scalar_ckpt, scalar_prm, request):
-    from rfedge_export.export import export_model
-
-    if precision == "int8":
-        out = request.getfixturevalue("int8_export")
-    else:
-        out = tmp_path_factory.mktemp("fp16") / "m"
-        export_model(str(scalar_ckpt), out, precision="fp16", log=lambda m: None, progress=None)
+def test_quantized_within_tolerance(precision, scalar_prm, request):
+    out = request.getfixturevalue(f"{precision}_export")
     scorer = Scorer.load(out, device="cpu")
     assert scorer.manifest.precision == precision
     tol = TOLERANCE[precision]

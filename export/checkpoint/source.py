@@ -185,8 +185,11 @@ def load_reward_head(path: Path, hidden: int):
     return head.eval()
 
 
-def load_body(path: Path, dtype: str = "fp32", attn: str = "eager"):
-    """The Qwen2 body (no lm_head) through transformers, without remote code."""
+def load_body(path: Path, dtype: str = "fp32", attn: str = "eager", quant: str = "none"):
+    """The Qwen2 body (no lm_head) through transformers, without remote code; ``quant`` int8/nf4:
+    quantized by bitsandbytes onto GPU 0 (:mod:`.quantized`, checked by the caller)."""
+    from .quantized import from_pretrained_options
+
     import torch
     from safetensors import SafetensorError
     from transformers import Qwen2Model
@@ -197,7 +200,7 @@ def load_body(path: Path, dtype: str = "fp32", attn: str = "eager"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     try:
         body = Qwen2Model.from_pretrained(str(path), dtype=torch_dtype, attn_implementation=attn,
-                                          trust_remote_code=False)
+                                          trust_remote_code=False, **from_pretrained_options(quant, dtype))
     except (OSError, ValueError, SafetensorError) as e:
         raise ModelFilesError(f"{path}: cannot load the Qwen2 weights ({_first_line(e)})") from None
     except _config_type_errors() as e:
@@ -234,11 +237,11 @@ def load_step_head(path: Path, hidden: int):
     return step_head_from_state(load_tensor_file(f), hidden, f)
 
 
-def load_scalar_prm(source: Source, dtype: str = "fp32", attn: str = "eager") -> ScalarPRM:
+def load_scalar_prm(source: Source, dtype: str = "fp32", attn: str = "eager", quant: str = "none") -> ScalarPRM:
     if source.layout != "scalar-head":
         raise UsageError(f"{source.id}: layout '{source.layout}' cannot be exported as an edge model; "
                          "rfedge export takes the ReasonFlux-PRM-1.5B layout (Qwen2 + reward_head)")
-    body = load_body(source.path, dtype, attn)
+    body = load_body(source.path, dtype, attn, quant)
     hidden = body.config.hidden_size
     return ScalarPRM(body, load_reward_head(source.path, hidden), load_step_head(source.path, hidden), source)
 
@@ -252,13 +255,14 @@ class TwoClassPRM:
     source: Source
 
 
-def load_two_class_prm(source: Source, dtype: str = "fp32") -> TwoClassPRM:
+def load_two_class_prm(source: Source, dtype: str = "fp32", quant: str = "none") -> TwoClassPRM:
     """Load the body through transformers and the score MLP from the safetensors shards, no remote code."""
+    import torch
     import torch.nn as nn
 
     if source.layout != "two-class":
         raise UsageError(f"{source.id}: layout '{source.layout}' is not the two-class PRM layout")
-    body = load_body(source.path, dtype)
+    body = load_body(source.path, dtype, quant=quant)
     h = body.config.hidden_size
     state = {}
     for f in sorted(source.path.glob("*.safetensors")):
@@ -272,4 +276,5 @@ def load_two_class_prm(source: Source, dtype: str = "fp32") -> TwoClassPRM:
     except RuntimeError as e:
         raise ModelFilesError(f"{source.path}: score.0/score.2 weights do not form Linear({h},{h})-ReLU-"
                               f"Linear({h},2) ({str(e).splitlines()[0]})") from None
-    return TwoClassPRM(body, score.to(next(body.parameters()).dtype).eval(), source)
+    compute = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    return TwoClassPRM(body, score.to(compute).eval(), source)

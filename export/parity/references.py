@@ -37,12 +37,12 @@ class Reference:
         return f"{self.layout}|{self.source_id}|{sorted(self.options.items())}"
 
 
-def _device(model, device: str):
+def _device(model, device: str, quant: str = "none"):
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: torch sees no CUDA device")
-    return model.to(device)
+    return model if quant != "none" else model.to(device)  # bitsandbytes placed a quantized body already
 
 
 def _separator_positions(ids, steps, trace):
@@ -74,40 +74,42 @@ def _separator_scorer(src, body, verdict, device: str):
     return score
 
 
-def _two_class(src, dtype: str, device: str, **_):
+def _two_class(src, dtype: str, device: str, quant: str = "none", **_):
     import torch
 
     from ..checkpoint.source import load_two_class_prm
 
-    prm = load_two_class_prm(src, dtype)
-    _device(prm.body, device), _device(prm.score, device)
+    prm = load_two_class_prm(src, dtype, quant)
+    _device(prm.body, device, quant), _device(prm.score, device)
     return _separator_scorer(src, prm.body, lambda h: torch.softmax(prm.score(h).float(), dim=-1)[:, 1], device)
 
 
 def _lm_tokens(src, dtype: str, device: str, positive_token: int | None = None,
-               negative_token: int | None = None, **_):
+               negative_token: int | None = None, quant: str = "none", **_):
     import torch
     from transformers import Qwen2ForCausalLM
+
+    from ..checkpoint.quantized import from_pretrained_options
 
     if positive_token is None or negative_token is None:
         raise UsageError("the lm-tokens reference needs --positive-token and --negative-token (vocabulary ids)")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    model = _device(Qwen2ForCausalLM.from_pretrained(str(src.path), dtype=torch_dtype, trust_remote_code=False).eval(),
-                    device)
+    model = _device(Qwen2ForCausalLM.from_pretrained(str(src.path), dtype=torch_dtype, trust_remote_code=False,
+                                                     **from_pretrained_options(quant, dtype)).eval(), device, quant)
 
     def verdict(h):
         return torch.softmax(model.lm_head(h)[:, [positive_token, negative_token]].float(), dim=-1)[:, 0]
     return _separator_scorer(src, model.model, verdict, device)
 
 
-def _scalar(src, dtype: str, device: str, **_):
+def _scalar(src, dtype: str, device: str, quant: str = "none", **_):
     from rfedge.tokenization import TraceTokenizer
 
     from ..checkpoint.rewards import scalar_rewards
     from ..checkpoint.source import load_scalar_prm
 
-    prm = load_scalar_prm(src, dtype)
-    _device(prm.body, device), _device(prm.head, device)
+    prm = load_scalar_prm(src, dtype, quant=quant)
+    _device(prm.body, device, quant), _device(prm.head, device)
     if prm.step_head is not None:
         _device(prm.step_head, device)
     tokenizer = TraceTokenizer(src.path / TOKENIZER_FILE)  # the reference reads the whole trace
@@ -124,8 +126,13 @@ LAYOUTS = tuple(LOADERS)
 
 
 def load_reference(source: str, layout: str | None = None, dtype: str = "fp32", device: str = "cpu",
-                   **options) -> Reference:
+                   quant: str = "none", quant_option: str = "--reference-quant", **options) -> Reference:
+    """The reference PRM at ``source``; ``quant`` int8/nf4 loads its body with bitsandbytes on CUDA
+    (refused first, with what to do, where that cannot work)."""
+    from ..checkpoint.quantized import check_quant
     from ..checkpoint.source import Source, resolve_source
+
+    check_quant(quant, device, quant_option)
 
     src = resolve_source(source)
     layout = layout or src.layout
@@ -134,5 +141,7 @@ def load_reference(source: str, layout: str | None = None, dtype: str = "fp32", 
     if layout not in LOADERS:
         raise UsageError(f"unknown reference layout '{layout}': choose one of {', '.join(LAYOUTS)}")
     src = Source(src.path, src.id, src.revision, "scalar-head" if layout == "scalar" else layout)
-    fn = LOADERS[layout](src, dtype=dtype, device=device, **options)
-    return Reference(layout, src.id, fn, {"dtype": dtype, **{k: v for k, v in options.items() if v is not None}})
+    fn = LOADERS[layout](src, dtype=dtype, device=device, quant=quant, **options)
+    quantized = {"quant": quant} if quant != "none" else {}  # keeps earlier caches' keys
+    return Reference(layout, src.id, fn, {"dtype": dtype, **quantized,
+                                          **{k: v for k, v in options.items() if v is not None}})

@@ -83,7 +83,8 @@ def _fmt(v) -> str:
 
 def markdown(report: dict, meta: dict) -> str:
     lines = ["# rfedge parity report", "",
-             f"reference: `{meta['reference']}` ({meta['reference_layout']}, {meta['reference_dtype']}); "
+             f"reference: `{meta['reference']}` ({meta['reference_layout']}, {meta['reference_dtype']}"
+             f"{', bitsandbytes ' + meta['reference_quant'] if meta.get('reference_quant', 'none') != 'none' else ''}); "
              f"candidate: `{meta['candidate']}` ({meta['candidate_precision']}); alpha {meta['alpha']}", ""]
     for section, values in report.items():
         lines += [f"## {section}", "", "| metric | value |", "|---|---|"]

@@ -77,23 +77,25 @@ def _write_scores(rows: list[Scored], path: Path) -> None:
 def run_parity(data: str, reference_source: str, candidate: str, out: Path, layout: str | None = None,
                dtype: str = "fp32", device: str = "cpu", alpha: float = 1.0, cache: Path | None = None,
                bounds: dict | None = None, positive_token: int | None = None, negative_token: int | None = None,
-               log=_log, progress=None) -> dict:
+               log=_log, progress=None, quant: str = "none") -> dict:
     from rfedge.scorer import Scorer
 
+    from ..checkpoint.quantized import check_quant
     from .references import load_reference
 
+    check_quant(quant, device)  # before anything is read or written
     traces = read_traces(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scorer = Scorer.load(candidate, device="auto" if device == "cuda" else "cpu", alpha=alpha)
     log(f"rfedge parity: {len(traces)} traces; loading reference {reference_source}")
-    reference = load_reference(reference_source, layout, dtype, device, positive_token=positive_token,
+    reference = load_reference(reference_source, layout, dtype, device, quant, positive_token=positive_token,
                                negative_token=negative_token)
     cache_obj = RewardCache(Path(cache) if cache else out / "reference_cache.jsonl")
     rows = score_both(traces, reference, scorer, cache_obj, alpha, progress)
     log(f"rfedge parity: reference rewards from cache for {cache_obj.hits} of {len(traces)} traces")
     report = compute_report(rows, fidelity=reference.layout == "scalar")
-    meta = {"reference": reference.source_id, "reference_layout": reference.layout, "reference_dtype": dtype,
+    meta = {"reference": reference.source_id, "reference_layout": reference.layout, "reference_dtype": dtype, "reference_quant": quant,
             "candidate": str(candidate), "candidate_precision": scorer.manifest.precision, "alpha": alpha,
             "traces": data}
     gates = gate_bounds(bounds or {})

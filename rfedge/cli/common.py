@@ -143,6 +143,6 @@ def load_scorer(model, device, batch_size, batch_tokens, alpha, threads, cache_m
     scorer = Scorer.load(choice.path, device=device, alpha=alpha, batch_size=batch_size, batch_tokens=batch_tokens,
                          threads=threads, cache_bytes=cache_mb << 20)
     click.echo(f"rfedge: model {scorer.manifest.describe()} [{choice.reason}], device {scorer.device}", err=True)
-    if scorer.manifest.notice:
-        click.echo(f"rfedge: note: {scorer.manifest.notice}", err=True)
+    for note in ([scorer.manifest.notice] if scorer.manifest.notice else []) + scorer.session.notes:
+        click.echo(f"rfedge: note: {note}", err=True)
     return scorer

@@ -83,6 +83,8 @@ def recipes():
 @click.option("--positive-token", type=int, default=None, help="lm-tokens: vocabulary id of the 'correct' verdict.")
 @click.option("--negative-token", type=int, default=None, help="lm-tokens: vocabulary id of the 'wrong' verdict.")
 @click.option("--reference-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--reference-quant", type=click.Choice(["none", "int8", "nf4"]), default="none", show_default=True,
+              help="Load the reference with bitsandbytes 8-bit or 4-bit NF4 (CUDA only): a 7B in 8 GB.")
 @click.option("--device", type=click.Choice(TORCH_DEVICES), default="cpu", show_default=True)
 @click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True)
 @click.option("--cache", type=click.Path(dir_okay=False), default=None,
@@ -94,8 +96,8 @@ def recipes():
 @click.option("--min-step-auroc", type=float, default=None, help="Gate: step AUROC vs reference verdicts.")
 @click.option("--max-abs-delta", type=float, default=None, help="Gate (scalar reference): max |delta| step reward.")
 @reports_errors
-def parity(data, reference, candidate, out, layout, positive_token, negative_token, reference_dtype, device,
-           alpha, cache, min_spearman, min_bon_agreement, min_topk_overlap, min_step_spearman, min_step_auroc,
+def parity(data, reference, candidate, out, layout, positive_token, negative_token, reference_dtype, reference_quant,
+           device, alpha, cache, min_spearman, min_bon_agreement, min_topk_overlap, min_step_spearman, min_step_auroc,
            max_abs_delta):
     """Compare an edge model's decisions with a full-precision reference PRM on the traces in DATA.
 
@@ -111,7 +113,8 @@ def parity(data, reference, candidate, out, layout, positive_token, negative_tok
     from tqdm import tqdm
 
     report = parity_mod.run_parity(
-        data, reference, candidate, Path(out), layout=layout, dtype=reference_dtype, device=device, alpha=alpha,
+        data, reference, candidate, Path(out), layout=layout, dtype=reference_dtype, quant=reference_quant,
+        device=device, alpha=alpha,
         cache=Path(cache) if cache else None, positive_token=positive_token, negative_token=negative_token,
         bounds={"min_spearman": min_spearman, "min_bon_agreement": min_bon_agreement,
                 "min_topk_overlap": min_topk_overlap, "min_step_spearman": min_step_spearman,
@@ -139,10 +142,12 @@ def parity(data, reference, candidate, out, layout, positive_token, negative_tok
 @click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True)
 @click.option("--device", type=click.Choice(TORCH_DEVICES), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--teacher-quant", type=click.Choice(["none", "int8", "nf4"]), default="none", show_default=True,
+              help="Load the teacher with bitsandbytes 8-bit or 4-bit NF4 (CUDA only).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.")
 @reports_errors
 def distill(data, teacher, teacher_head, student, out, epochs, lr, batch_size, unfreeze_layers, max_length,
-            label_weight, head, device, dtype, resume):
+            label_weight, head, device, dtype, teacher_quant, resume):
     """Distill a reference PRM's step rewards on DATA into a step head for the 1.5B-layout student.
 
     \b
@@ -154,7 +159,7 @@ def distill(data, teacher, teacher_head, student, out, epochs, lr, batch_size, u
     distill_mod = export_extra("distill")
     cfg = distill_mod.DistillConfig(epochs=epochs, lr=lr, batch_size=batch_size, unfreeze_layers=unfreeze_layers,
                                     max_length=max_length, label_weight=label_weight, head=head, device=device,
-                                    dtype=dtype)
+                                    dtype=dtype, teacher_quant=teacher_quant)
     info = distill_mod.distill(data, teacher, student, Path(out), cfg, teacher_layout=teacher_head, resume=resume)
     click.echo(json.dumps({k: info[k] for k in ("student", "traces", "steps", "seconds")} |
                           {"final_loss": info["loss_history"][-1] if info["loss_history"] else None}, indent=2))

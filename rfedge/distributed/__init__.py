@@ -17,21 +17,19 @@ verifies its files' sha256 once when it starts. Nothing here is imported by ``im
 
 from __future__ import annotations
 
-import io
-import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import TraceFormatError, UsageError
-from .extras import require
-from .sinks import json_line
-from .sources import parse_json
-from .traces import Record
+from .reading import LINE_COLUMN, PATH_COLUMN, input_kind, input_paths, read_input  # noqa: F401
+from ..errors import TraceFormatError, UsageError
+from ..extras import require
+from ..sinks import json_line
+from ..sources import parse_json
+from ..traces import Record
 
 RESULT_COLUMNS = ("score", "trajectory_reward", "steps", "num_tokens", "truncated", "error", "result")
-LINE_COLUMN, PATH_COLUMN = "record", "path"  # a JSONL input's line (bytes) and its file
 
 
 def _ray():
@@ -53,108 +51,6 @@ def init(address: str | None = None, object_store_mb: int = 256) -> None:
     ray.data.DataContext.get_current().execution_options.preserve_order = True
 
 
-def input_paths(data: str) -> list[str]:
-    """A file, a folder or a glob (expanded here for local paths); URIs (``s3://``...) pass through."""
-    if "://" in data:
-        return [data]
-    paths = sorted(glob.glob(data)) if glob.has_magic(data) else [data]
-    if not paths or not all(Path(p).exists() for p in paths):
-        raise UsageError(f"{data}: no such file, folder or matching files")
-    return paths
-
-
-def input_kind(paths: list[str], fmt: str = "auto") -> str:
-    if fmt in ("jsonl", "parquet"):
-        return fmt
-    if fmt != "auto":
-        raise UsageError(f"--format {fmt} is not supported with --ray: use JSONL or Parquet")
-    names = [p for path in paths for p in ([path] if not Path(path).is_dir() else
-                                             [str(q) for q in Path(path).iterdir() if q.is_file()])]
-    kinds = {"parquet" if n.lower().endswith(".parquet") else "jsonl" if n.lower().endswith((".jsonl", ".jsonl.gz"))
-             else None for n in names}
-    if len(kinds) != 1 or None in kinds:
-        raise UsageError(f"{', '.join(paths)}: --ray reads .jsonl or .parquet files (one kind per run); "
-                         "pass --format jsonl|parquet")
-    return kinds.pop()
-
-
-class _RawReader(io.RawIOBase):
-    """A pyarrow input stream as a raw Python file (its own readline takes no size limit)."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._stream.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
-def _parquet_datasource(paths: list[str]):
-    """Parquet files as their own columns, row group by row group (read_parquet would list files in
-    a task of its own that needs a whole CPU, which actors holding every CPU would starve)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from ray.data.datasource import FileBasedDatasource
-
-    class ParquetRowGroups(FileBasedDatasource):
-        def _open_input_source(self, filesystem, path: str, **open_args):
-            return filesystem.open_input_file(path)  # Parquet needs random access
-
-        def _read_stream(self, f, path: str):
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-                yield pa.Table.from_batches([batch])
-
-    return ParquetRowGroups(paths)
-
-
-def _jsonl_datasource(paths: list[str], max_bytes: int):
-    """JSONL split at ``\\n`` bytes only, streamed, one row per non-blank line: {path, line, record
-    (bytes, null when over ``max_bytes``)}; decoding and parsing happen in the actors, as
-    :func:`rfedge.sources.jsonl_rows` does them, so every line's error reads as on one machine."""
-    import pyarrow as pa
-    from ray.data.datasource import FileBasedDatasource
-
-    from .sources import display_name, jsonl_lines
-
-    class JsonlLines(FileBasedDatasource):
-        def _read_stream(self, f, path: str):
-            name, rows = display_name(path), {PATH_COLUMN: [], "line": [], LINE_COLUMN: []}
-
-            def block():
-                return pa.table({PATH_COLUMN: pa.array(rows[PATH_COLUMN], pa.string()),
-                                 "line": pa.array(rows["line"], pa.int64()),
-                                 LINE_COLUMN: pa.array(rows[LINE_COLUMN], pa.binary())})
-            for lineno, raw in jsonl_lines(io.BufferedReader(_RawReader(f), 1 << 20), max_bytes):
-                rows[PATH_COLUMN].append(name)
-                rows["line"].append(lineno)
-                rows[LINE_COLUMN].append(raw)
-                if len(rows["line"]) >= 1024:
-                    yield block()
-                    rows = {k: [] for k in rows}
-            if rows["line"]:
-                yield block()
-
-    return JsonlLines(paths)
-
-
-READ_CPUS = 0  # see read_input
-
-
-def read_input(data: str, fmt: str = "auto", max_record_bytes: int = 64 << 20):
-    """A Ray dataset of ``data``'s records: JSONL as {path, line, record (the line's bytes)} rows,
-    Parquet as its own columns."""
-    ray = _ray()
-    paths = input_paths(data)
-    # Reading is I/O: it reserves no CPU, so actors that hold every CPU cannot starve it.
-    if input_kind(paths, fmt) == "parquet":
-        return ray.data.read_datasource(_parquet_datasource(paths), num_cpus=READ_CPUS)
-    return ray.data.read_datasource(_jsonl_datasource(paths, max_record_bytes), num_cpus=READ_CPUS)
-
-
 @dataclass(frozen=True)
 class ScoreOptions:
     threads: int = 1
@@ -170,7 +66,7 @@ class ScoreBatch:
     """The Ray Data callable class: one verified Scorer per actor, a pyarrow table in and out."""
 
     def __init__(self, model_dir: str, options: ScoreOptions):
-        from .scorer import Scorer
+        from ..scorer import Scorer
 
         kwargs = {k: v for k, v in (("alpha", options.alpha), ("batch_tokens", options.batch_tokens),
                                     ("cache_bytes", options.cache_bytes)) if v is not None}
@@ -199,7 +95,7 @@ class ScoreBatch:
 def row_record(row: dict, options: ScoreOptions) -> Record:
     """A dataset row as the Scorer's record: a JSONL line read as ``rfedge score`` reads it, or the
     row itself (its columns are the record's fields)."""
-    from .sources import Row, line_row, to_record
+    from ..sources import Row, line_row, to_record
 
     if not options.lines:
         return to_record(Row("record", row))
@@ -217,7 +113,7 @@ def result_types() -> dict:
 
 def result_columns(record: Record, result) -> dict:
     """rfedge's columns for one record (the error's text where it could not be scored)."""
-    from .jobs import result_line
+    from ..jobs import result_line
 
     line = json_line(result_line(record, result)).rstrip("\n")
     if isinstance(result, TraceFormatError):
@@ -288,7 +184,7 @@ def scored_input(data: str, fmt: str, model_dir, ray_options: RayOptions, max_re
 def write_scores(ds, output: str | None, output_fmt: str | None = None) -> Summary:
     """Every row to ``output`` in input order: JSONL as ``rfedge score`` writes it (the ``result``
     column), or Parquet with the input's columns and rfedge's (without ``result``)."""
-    from .sinks import output_format, row_writer
+    from ..sinks import output_format, row_writer
 
     summary, fmt = Summary(), output_format(output, output_fmt)
     with row_writer(output, fmt) as writer:
@@ -313,7 +209,7 @@ class _Scored:
 def scored_rows(ds, lines: bool, max_record_bytes: int = 64 << 20) -> Iterator[tuple]:
     """(row, record, result or TraceFormatError) per scored dataset row, in input order, as
     :func:`rfedge.select.scored_rows` gives them on one machine (for ``rfedge select --ray``)."""
-    from .sources import Row
+    from ..sources import Row
 
     options = ScoreOptions(lines=lines, max_record_bytes=max_record_bytes)
     for row in iter_results(ds):
