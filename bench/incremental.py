@@ -123,7 +123,16 @@ def long_worker(model: str, T: int) -> dict:
     scorer.score(Trace("warm", "up"))
     seconds = _timed(lambda: scorer.score(trace))
     n = len(scorer.tokenizer.encode(trace).ids)  # cut at max length
-    return {"T": n, "seconds": seconds, "tokens_per_s": n / seconds}
+    return {"T": n, "seconds": seconds, "tokens_per_s": n / seconds, "peak_rss_gb": _own_peak_gb()}
+
+
+def _own_peak_gb() -> float:
+    """This process's own peak RSS (VmHWM starts anew at exec; ru_maxrss would carry the parent's
+    peak over from the fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e6
+    return float("nan")
 
 
 def main():
@@ -134,6 +143,7 @@ def main():
     ap.add_argument("--work", default=str(HERE / ".work"))
     ap.add_argument("--out", default=str(HERE / "results" / "incremental.json"))
     ap.add_argument("--long-worker", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--long-only", action="store_true", help="rerun only the long traces, into the saved results")
     a = ap.parse_args()
     if a.long_worker:
         print(json.dumps(long_worker(a.long_worker[0], int(a.long_worker[1]))))
@@ -142,6 +152,10 @@ def main():
     if a.quick:
         a.layers, a.lengths = 4, "512,2048,8192"
     model = str(export(Path(a.work), a.layers))
+    if a.long_only:
+        results = json.loads(Path(a.out).read_text())
+        long_traces(results, model, a)
+        return report(results)
     results = {"layers": a.layers, "model": model}
     results["steps"] = steps_scenario(model, 128 // scale, 16, 120 // scale)
     print(f"steps: {json.dumps(results['steps'])}", file=sys.stderr, flush=True)
@@ -152,14 +166,19 @@ def main():
     results["beam"] = beam_scenario(model, 256 // scale, 4, 16, 16)
     print(f"beam: {json.dumps(results['beam'])}", file=sys.stderr, flush=True)
     save(a.out, results)
+    long_traces(results, model, a)
+    report(results)
+
+
+def long_traces(results: dict, model: str, a) -> None:
     results["long"] = []
     for T in [int(x) for x in a.lengths.split(",")]:
-        out, _, peak = run_measured([sys.executable, __file__, "--long-worker", model, str(T)])
-        row = {**json.loads(out.strip().splitlines()[-1]), "peak_rss_gb": peak}
+        out, _, _ = run_measured([sys.executable, __file__, "--long-worker", model, str(T)])
+        row = json.loads(out.strip().splitlines()[-1])
         results["long"].append(row)
-        print(f"long T={row['T']}: {row['tokens_per_s']:.1f} tok/s, peak RSS {peak:.2f} GB", file=sys.stderr, flush=True)
+        print(f"long T={row['T']}: {row['tokens_per_s']:.1f} tok/s, peak RSS {row['peak_rss_gb']:.2f} GB",
+              file=sys.stderr, flush=True)
         save(a.out, results)
-    report(results)
 
 
 def report(r: dict) -> None:
@@ -176,8 +195,8 @@ def report(r: dict) -> None:
     print(f"| beam search, 4 beams x 16 steps, 8 candidates a step | {m['cached']:.1f} s | {m['no cache']:.1f} s | "
           f"{m['cached'] / m['no cache']:.2f} | |")
     long = r["long"]
-    base = next((x["tokens_per_s"] for x in long if x["T"] <= 512), None)
-    print("\n| T | tokens/s | x T=512 | peak RSS GB |")
+    base = long[0]["tokens_per_s"] if long else None
+    print(f"\n| T | tokens/s | x T={long[0]['T'] if long else '-'} | peak RSS GB |")
     print("|---|---|---|---|")
     for x in long:
         ratio = f"{x['tokens_per_s'] / base:.2f}" if base else "-"

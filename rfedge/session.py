@@ -92,7 +92,8 @@ class GraphSession:
             raise ModelFilesError(
                 f"{manifest.graph_path}: graph inputs {list(names_in)} and outputs {list(names_out)} do not "
                 f"match the manifest ({list(manifest.inputs)} -> {list(manifest.outputs)}); re-export the model")
-        self.device = "cuda" if self.providers[0].startswith("CUDA") else "cpu"
+        # what ONNX Runtime actually runs on (it falls back to the CPU when CUDA's libraries are missing)
+        self.device = "cuda" if self._session.get_providers()[0].startswith("CUDA") else "cpu"
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4  # a failed run reaches the user as one translated line only
         layers = manifest.cache.layers if manifest.cache else 0

@@ -63,6 +63,20 @@ class _ParquetWriter:
             self.writer = self.pq.ParquetWriter(self.fh, table.schema)
         self.writer.write_table(table)
 
+    def write_table(self, table) -> None:
+        """An Arrow table, cast to the writer's schema when one was given (a column of nulls in one
+        batch and strings in the next is one string column)."""
+        if self.schema is not None:
+            try:
+                table = table.select(self.schema.names).cast(self.schema)
+            except (self.pa.ArrowInvalid, self.pa.ArrowTypeError, KeyError) as e:
+                raise OutputError(f"a batch does not fit the Parquet schema ({str(e).splitlines()[0]}); "
+                                  "write JSONL instead (-o OUT.jsonl)") from None
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = self.pq.ParquetWriter(self.fh, table.schema)
+        self.writer.write_table(table)
+
     def close(self) -> None:
         if self.writer is None and self.schema is not None:  # no rows: still a valid file with the schema
             self.writer = self.pq.ParquetWriter(self.fh, self.schema)

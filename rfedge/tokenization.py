@@ -13,6 +13,7 @@ token or so.
 
 from __future__ import annotations
 
+import sys
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ class TraceTokenizer:
     def encode(self, trace: Trace) -> Encoded:
         text = trace.text
         _check_utf8(text)
-        keep = self.max_length if self.max_length is not None else len(text) + 1
+        keep = self.max_length if self.max_length is not None else sys.maxsize  # None: the whole text
         ids, starts, total, end = [], [], 0, len(text)
         for lo, hi in windows(text, self.window_chars):
             enc = self._tk.encode(text[lo:hi], add_special_tokens=False)

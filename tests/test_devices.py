@@ -94,24 +94,28 @@ def test_fp16_graph_uses_only_cuda_kernels_and_the_others_do_not(fp16_export, in
     assert "com.microsoft.MatMulIntegerToFloat: no CUDA kernel" in cuda_gaps(load_graph(int8_export / "model.onnx"))
 
 
-def test_the_gap_walker_sees_types_through_unknown_operators():
-    import onnx
+@pytest.mark.parametrize("input_type,gaps", [
+    (1, ["com.example.NoSuchOp: no CUDA kernel",
+         "com.microsoft.GroupQueryAttention: no CUDA kernel for float inputs (takes bfloat16, float16)"]),
+    (10, ["com.example.NoSuchOp: no CUDA kernel"]),
+])
+def test_the_gap_walker_sees_types_through_unknown_operators(input_type, gaps):
+    """GroupQueryAttention reads RotaryEmbedding's output, which ONNX shape inference cannot type
+    (a com.microsoft operator): the type is carried from RotaryEmbedding's input. Where's first
+    input is a bool (its schema's B), not a gap."""
     from onnx import TensorProto, helper
 
     from rfedge_export.onnx.cuda import cuda_gaps
 
-    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
-             helper.make_node("RotaryEmbedding", ["h", "p", "c", "s"], ["r"], domain="com.microsoft"),
-             helper.make_node("Cast", ["r"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("GroupQueryAttention", ["f"], ["y"], domain="com.microsoft"),
-             helper.make_node("NoSuchOp", ["y"], ["z"], domain="com.example")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
+    nodes = [helper.make_node("RotaryEmbedding", ["x", "p", "c", "s"], ["r"], domain="com.microsoft"),
+             helper.make_node("GroupQueryAttention", ["r"], ["y"], domain="com.microsoft"),
+             helper.make_node("Where", ["b", "y", "y"], ["w"]),
+             helper.make_node("NoSuchOp", ["w"], ["z"], domain="com.example")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", input_type, [1]),
+                                           helper.make_tensor_value_info("b", TensorProto.BOOL, [1])],
+                              [helper.make_tensor_value_info("z", input_type, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    assert isinstance(model, onnx.ModelProto)
-    assert cuda_gaps(model) == ["com.example.NoSuchOp: no CUDA kernel",
-                                "com.microsoft.GroupQueryAttention: no CUDA kernel for float inputs (takes bfloat16, "
-                                "float16)"]
+    assert cuda_gaps(model) == gaps
 
 
 @pytest.mark.parametrize("option,quant,device,message", [

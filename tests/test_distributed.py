@@ -76,7 +76,8 @@ def test_parquet_on_ray_keeps_every_row_and_column(local_ray, fp32_export, tmp_p
     assert len(out) == 20 and [r["id"] for r in out] == [str(i) for i in range(20)]
     assert set(out[0]) == {"problem", "trajectory", "response", "id", "extra", "score", "trajectory_reward", "steps",
                            "num_tokens", "truncated", "error", "result"}
-    assert out[5]["score"] is None and out[5]["error"].endswith("field 'problem' must be a string, got NoneType")
+    assert out[5]["score"] is None  # named by file and row, as rfedge score names a Parquet row
+    assert out[5]["error"].endswith("in.parquet:row 6: field 'problem' must be a string, got NoneType")
     assert [r["error"] is None for r in out] == [i != 5 for i in range(20)]
     expected = Scorer.load(fp32_export, device="cpu").score_records(rows)
     for got, (_, want) in zip(out, expected, strict=True):
@@ -84,6 +85,26 @@ def test_parquet_on_ray_keeps_every_row_and_column(local_ray, fp32_export, tmp_p
             assert got["score"] == want.score and got["trajectory_reward"] == want.trajectory_reward
             assert got["steps"] == [s.__dict__ for s in want.steps] and got["num_tokens"] == want.num_tokens
             assert got["extra"] == rows[int(got["id"])]["extra"]
+
+
+def test_input_columns_named_as_rfedges_are_refused(local_ray, fp32_export, tmp_path):
+    from rfedge.distributed import read_input, score_dataset
+    from rfedge.errors import UsageError
+
+    pq.write_table(pa.Table.from_pylist([{**GOOD, "score": 1.0, "error": "x"}]), tmp_path / "in.parquet")
+    with pytest.raises(UsageError) as e:
+        score_dataset(read_input(str(tmp_path / "in.parquet")), fp32_export)
+    assert str(e.value) == ("the input has columns named error, score, which rfedge adds to every row; rename them "
+                            "first (e.g. ds.rename_columns)")
+
+
+def test_parquet_output_when_the_first_batches_are_all_errors(local_ray, fp32_export, tmp_path):
+    data = _jsonl(tmp_path / "bad-first.jsonl", [b"{broken\n"] * 300 + [{**GOOD, "id": str(i)} for i in range(3)])
+    r = _cli("score", str(data), "--model", str(fp32_export), "--ray", "-o", str(tmp_path / "out.parquet"))
+    assert r.exit_code == 1 and "rfedge score --ray: 303 rows, 300 could not be scored" in r.output
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.num_rows == 303 and table.column("score").null_count == 300
+    assert table.schema.field("score").type == pa.float64() and table.schema.field("error").type == pa.string()
 
 
 def test_parquet_output_and_folder_input(local_ray, fp32_export, tmp_path):

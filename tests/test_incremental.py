@@ -190,3 +190,18 @@ def test_tokenization_stops_one_window_past_max_length(qwen_tokenizer, tmp_path)
     assert 0 < n < len(full.steps) and got.steps == full.steps[:n]  # sections as in the whole text
     assert np.array_equal(got.step_tokens, full.step_tokens[:n]) and got.steps[0].section == "thinking"
     assert (got.step_tokens >= 300).any()  # unscored steps past the cut are still listed, up to the window end
+
+
+def test_windows_with_a_max_length_at_the_whole_text_change_nothing(qwen_tokenizer, tmp_path):
+    """Traces at max length (or one token over it) across many windows: the ids, steps and
+    boundaries of one whole-text encoding, nothing dropped before the cut."""
+    from rfedge.tokenization import TraceTokenizer
+
+    qwen_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    trace = Trace("Add.", "<think>\n" + "\n\n".join(f"step {i}: 12 + 7 = 19" for i in range(300)) + "\n</think>\n\nok")
+    whole = TraceTokenizer(tmp_path / "tokenizer.json").encode(trace)
+    for max_length in (whole.total, whole.total - 1):
+        got = TraceTokenizer(tmp_path / "tokenizer.json", max_length=max_length, window_chars=256).encode(trace)
+        assert np.array_equal(got.ids, whole.ids[:max_length]) and got.steps == whole.steps
+        assert np.array_equal(got.step_tokens, whole.step_tokens) and got.total == whole.total
+        assert got.truncated == (max_length < whole.total)

@@ -60,11 +60,18 @@ def test_boundary_with_multibyte_character_split_over_tokens(qwen_tokenizer):
 
 @given(st.lists(st.sampled_from(["a", " ", "\n", "\n\n", "<think>\n", "\n</think>\n\n", "xy z", "1"]), max_size=40),
        st.integers(min_value=0, max_value=200))
-def test_steps_up_to_a_limit_are_the_steps_that_end_before_it(parts, limit):
+def test_steps_up_to_a_limit_are_the_steps_closed_before_it(parts, limit):
+    """A step is listed iff what closes it (the next separator, or its section's end) starts at or
+    before the limit; with no limit inside the text, every step is."""
+    from rfedge.steps import _section_spans
+
     problem, completion = "Q: ", "".join(parts)
-    whole = split_steps(problem, completion)
+    base, whole = len(problem), split_steps(problem, completion)
     cut = split_steps(problem, completion, limit=limit)
-    assert cut == whole[:len(cut)] and all(s.end <= limit for s in cut)
-    if len(cut) < len(whole):  # the first step left out is not closed by a separator before the limit
-        nxt = whole[len(cut)]
-        assert nxt.end > limit or "\n\n" not in (problem + completion)[nxt.end:limit]
+    ends = {name: hi for name, _, hi in _section_spans(completion)}
+
+    def closed_at(step):
+        sep = completion.find("\n\n", step.end - base, ends[step.section])
+        return base + (sep if sep >= 0 else ends[step.section])
+    assert cut == [step for step in whole if closed_at(step) <= limit]
+    assert split_steps(problem, completion, limit=len(problem + completion)) == whole

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_bf16 import SHAPES, pooled_vs_eager  # noqa: E402  (beside this script)
+from reference_bf16 import SHAPES, forward_speed, pooled_vs_eager  # noqa: E402  (beside this script)
 
 QUANT_ROWS = (("fp32", "none"), ("bf16", "none"), ("bf16", "int8"), ("bf16", "nf4"))
 
@@ -117,18 +117,7 @@ def shape_7b(quant: str, lengths=(512, 2048), reps: int = 3) -> dict:
         model = _quantize_linears(model, quant)
     torch.cuda.empty_cache()
     out = {"quant": quant, "weights_gb": torch.cuda.memory_allocated() / 1e9, "runs": []}
-    for T in lengths:
-        ids = torch.randint(100, 150000, (1, T), device="cuda")
-        torch.cuda.reset_peak_memory_stats()
-        with torch.no_grad():
-            model(input_ids=ids)
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(reps):
-                model(input_ids=ids)
-            torch.cuda.synchronize()
-        dt = (time.perf_counter() - t) / reps
-        out["runs"].append({"T": T, "tokens_per_s": T / dt, "peak_gb": torch.cuda.max_memory_allocated() / 1e9})
+    out["runs"] = [forward_speed(model, T, reps) for T in lengths]
     del model
     torch.cuda.empty_cache()
     return out
@@ -153,8 +142,9 @@ def onnx_cuda(export_dir: str | None) -> dict:
     t = time.perf_counter()
     b = cuda.score_many(records)
     t_cuda = time.perf_counter() - t
-    d = [abs(x.reward - y.reward) for p, q in zip(a, b, strict=True) for x, y in zip(p.steps, q.steps, strict=True)]
-    return {"traces": len(records), "max_abs_delta_steps": max(d), "cpu_s": t_cpu, "cuda_s": t_cuda,
+    d = [abs(x.reward - y.reward) for p, q in zip(a, b, strict=True) for x, y in zip(p.steps, q.steps, strict=True)
+         if x.reward is not None and y.reward is not None]
+    return {"traces": len(records), "max_abs_delta_steps": max(d, default=0.0), "cpu_s": t_cpu, "cuda_s": t_cuda,
             "providers": cuda.session.providers}
 
 

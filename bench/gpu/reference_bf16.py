@@ -18,14 +18,10 @@ import time
 from pathlib import Path
 
 
-def speed(shape: dict, T: int, reps: int = 5) -> dict:
+def forward_speed(model, T: int, reps: int) -> dict:
+    """Tokens/s of ``model`` (on CUDA) over one random sequence of T tokens, and its peak memory."""
     import torch
-    from transformers import Qwen2Config, Qwen2Model
 
-    torch.manual_seed(0)
-    cfg = Qwen2Config(**shape)
-    with torch.device("cuda"):
-        model = Qwen2Model(cfg).to(torch.bfloat16).eval()
     ids = torch.randint(100, 150000, (1, T), device="cuda")
     torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
@@ -36,7 +32,18 @@ def speed(shape: dict, T: int, reps: int = 5) -> dict:
             model(input_ids=ids)
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / reps
-    out = {"T": T, "tokens_per_s": T / dt, "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
+    return {"T": T, "tokens_per_s": T / dt, "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
+
+
+def speed(shape: dict, T: int, reps: int = 5) -> dict:
+    import torch
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(**shape)
+    with torch.device("cuda"):
+        model = Qwen2Model(cfg).to(torch.bfloat16).eval()
+    out = forward_speed(model, T, reps)
     del model
     torch.cuda.empty_cache()
     return out

@@ -77,7 +77,7 @@ def cuda_gaps(model) -> list[str]:
         if entry is None:
             gaps.add(f"{domain}.{node.op_type}: no CUDA kernel")
             continue
-        accepted = _first_input_types(entry.get("types", {}))
+        accepted = _first_input_types(entry.get("types", {}), _first_constraint(node.op_type, domain))
         first = node.input[0] if node.input else ""
         if first in types and accepted and types[first] not in accepted:
             gaps.add(f"{domain}.{node.op_type}: no CUDA kernel for {types[first]} inputs "
@@ -85,9 +85,22 @@ def cuda_gaps(model) -> list[str]:
     return sorted(gaps)
 
 
-def _first_input_types(constraints: dict) -> set[str]:
-    """The types a kernel takes for its first input: constraint T (or T1), else any of its types."""
-    for name in ("T", "T1"):
+def _first_constraint(op_type: str, domain: str) -> str | None:
+    """The type constraint of an operator's first input, from ONNX's own schema where it has one
+    (Where's first input is B, a bool, not T); None for operators ONNX does not define."""
+    import onnx
+
+    try:
+        schema = onnx.defs.get_schema(op_type, domain="" if domain == DEFAULT_DOMAIN else domain)
+    except onnx.defs.SchemaError:
+        return None
+    return schema.inputs[0].type_str if schema.inputs else None
+
+
+def _first_input_types(constraints: dict, first: str | None) -> set[str]:
+    """The types a kernel takes for its first input: its schema's constraint, else T (or T1), else
+    any of its types."""
+    for name in (first, "T", "T1"):
         if name in constraints:
             return set(constraints[name])
     return {t for names in constraints.values() for t in names}

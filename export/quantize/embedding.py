@@ -30,15 +30,7 @@ def quantize_embedding_int8(model, block: int = EMBEDDING_BLOCK) -> int:
     import onnx
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
-    count = 0
-    new_nodes = []
-    for node in model.graph.node:
-        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
-        if table is None or len(table.dims) != 2 or table.dims[0] < EMBEDDING_MIN_ROWS or \
-                table.data_type != onnx.TensorProto.FLOAT:
-            new_nodes.append(node)
-            continue
+    def rewrite(node, table) -> list:
         w = numpy_helper.to_array(table)
         V, H = w.shape
         b = block if H % block == 0 else H
@@ -54,7 +46,7 @@ def quantize_embedding_int8(model, block: int = EMBEDDING_BLOCK) -> int:
             numpy_helper.from_array(np.array([0, 0, -1], np.int64), base + "_row_shape"),
             numpy_helper.from_array(np.array([-1], np.int64), base + "_last_axis")])
         ids = node.input[1]
-        new_nodes += [
+        return [
             helper.make_node("Gather", [name + "_int8", ids], [base + "_rows"], name=base + "_gather", axis=0),
             helper.make_node("Cast", [base + "_rows"], [base + "_float"], name=base + "_cast",
                              to=onnx.TensorProto.FLOAT),
@@ -64,10 +56,7 @@ def quantize_embedding_int8(model, block: int = EMBEDDING_BLOCK) -> int:
             helper.make_node("Mul", [base + "_blocked", base + "_s1"], [base + "_scaled"], name=base + "_mul"),
             helper.make_node("Reshape", [base + "_scaled", base + "_row_shape"], [node.output[0]], name=base + "_unreshape"),
         ]
-        count += 1
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    return count
+    return _rewrite_tables(model, rewrite)
 
 
 def simulate_embedding(rows, fmt: str = INT8_BLOCKS, block: int = EMBEDDING_BLOCK):
@@ -89,6 +78,22 @@ def embedding_fp16(model) -> int:
     import onnx
     from onnx import helper, numpy_helper
 
+    def rewrite(node, table) -> list:
+        half = numpy_helper.from_array(numpy_helper.to_array(table).astype(np.float16), table.name + "_fp16")
+        model.graph.initializer.remove(table)
+        model.graph.initializer.append(half)
+        base = (node.name or table.name) + "_f16"
+        return [helper.make_node("Gather", [half.name, node.input[1]], [base + "_rows"], name=base + "_gather", axis=0),
+                helper.make_node("Cast", [base + "_rows"], [node.output[0]], name=base + "_cast",
+                                 to=onnx.TensorProto.FLOAT)]
+    return _rewrite_tables(model, rewrite)
+
+
+def _rewrite_tables(model, rewrite) -> int:
+    """Replace each token-embedding Gather (a float32 table of at least EMBEDDING_MIN_ROWS rows) by
+    the nodes ``rewrite(node, table)`` returns; the number of tables rewritten."""
+    import onnx
+
     inits = {i.name: i for i in model.graph.initializer}
     count, new_nodes = 0, []
     for node in model.graph.node:
@@ -97,14 +102,7 @@ def embedding_fp16(model) -> int:
                 table.data_type != onnx.TensorProto.FLOAT:
             new_nodes.append(node)
             continue
-        half = numpy_helper.from_array(numpy_helper.to_array(table).astype(np.float16), table.name + "_fp16")
-        model.graph.initializer.remove(table)
-        model.graph.initializer.append(half)
-        base = (node.name or table.name) + "_f16"
-        new_nodes += [helper.make_node("Gather", [half.name, node.input[1]], [base + "_rows"], name=base + "_gather",
-                                       axis=0),
-                      helper.make_node("Cast", [base + "_rows"], [node.output[0]], name=base + "_cast",
-                                       to=onnx.TensorProto.FLOAT)]
+        new_nodes += rewrite(node, table)
         count += 1
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)

@@ -131,6 +131,9 @@ def ray_setup(use_ray, address, actors, threads_per_actor, model, device, thread
     manifest = load_manifest(choice.path)  # verified here first: a bad model is one clear line, not N actor errors
     click.echo(f"rfedge: model {manifest.describe()} [{choice.reason}] on Ray, {actors} actor(s) x "
                f"{threads_per_actor} thread(s)", err=True)
+    if "cpu" not in manifest.devices:
+        click.echo(f"rfedge: note: this {manifest.precision} graph is built for CUDA; Ray actors score on the CPU, "
+                   "several times slower than an int8 export", err=True)
     return RayOptions(address, actors, threads_per_actor), str(choice.path)
 
 

@@ -58,11 +58,12 @@ def _actor_options(options: dict) -> dict:
 def _score_on_ray(trace, fmt, output, on_ray, options: dict, max_record_bytes: int) -> None:
     import time
 
-    from ..distributed import scored_input, write_scores
+    from ..distributed import ray_errors, scored_input, write_scores
 
     (ray_opts, model_dir), t0 = on_ray, time.perf_counter()
-    ds, _ = scored_input(trace, fmt, model_dir, ray_opts, max_record_bytes, **_actor_options(options))
-    s = write_scores(ds, output)
+    with ray_errors():
+        ds, _ = scored_input(trace, fmt, model_dir, ray_opts, max_record_bytes, **_actor_options(options))
+        s = write_scores(ds, output)
     click.echo(f"rfedge score --ray: {s.rows} rows, {s.errors} could not be scored, {s.tokens} tokens, "
                f"{time.perf_counter() - t0:.1f} s", err=True)
     if s.errors:
@@ -71,12 +72,14 @@ def _score_on_ray(trace, fmt, output, on_ray, options: dict, max_record_bytes: i
 
 def _ray_pass(on_ray, options: dict, max_record_bytes: int):
     """``rfedge select``'s scoring pass on Ray: (path, format) -> scored rows in input order."""
-    from ..distributed import scored_input, scored_rows
+    from ..distributed import ray_errors, scored_input, scored_rows
 
     ray_opts, model_dir = on_ray
 
     def score(path: str, fmt: str):
-        ds, lines = scored_input(path, fmt, model_dir, ray_opts, max_record_bytes, **_actor_options(options))
+        with ray_errors():
+            ds, lines = scored_input(path, fmt, model_dir, ray_opts, max_record_bytes, keep_where=True,
+                                     **_actor_options(options))
         return scored_rows(ds, lines, max_record_bytes)
     return score
 

@@ -18,12 +18,14 @@ verifies its files' sha256 once when it starts. Nothing here is imported by ``im
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .reading import LINE_COLUMN, PATH_COLUMN, input_kind, input_paths, read_input  # noqa: F401
-from ..errors import TraceFormatError, UsageError
+from .reading import (LINE_COLUMN, PATH_COLUMN, WHERE_PATH, WHERE_ROW, input_kind, input_paths,  # noqa: F401
+                      read_input)
+from ..errors import RfedgeError, RuntimeFailure, TraceFormatError, UsageError
 from ..extras import require
 from ..sinks import json_line
 from ..sources import parse_json
@@ -60,6 +62,7 @@ class ScoreOptions:
     batch_tokens: int | None = None  # None: the Scorer's defaults
     cache_bytes: int | None = None
     lines: bool = False  # rows are JSONL lines (read_input's LINE_COLUMN), parsed here
+    keep_where: bool = False  # keep a Parquet row's file and row number columns (rfedge select --ray)
 
 
 class ScoreBatch:
@@ -84,6 +87,8 @@ class ScoreBatch:
         for record, result in self.scorer.score_records(records):
             for name, value in result_columns(record, result).items():
                 columns[name].append(value)
+        if not self.options.keep_where:
+            table = table.drop_columns([c for c in (WHERE_PATH, WHERE_ROW) if c in table.column_names])
         for name in RESULT_COLUMNS:
             table = table.append_column(name, pa.array(columns[name], type=types[name]))
         return table
@@ -98,7 +103,8 @@ def row_record(row: dict, options: ScoreOptions) -> Record:
     from ..sources import Row, line_row, to_record
 
     if not options.lines:
-        return to_record(Row("record", row))
+        where = f"{row[WHERE_PATH]}:row {row[WHERE_ROW]}" if WHERE_ROW in row else "record"
+        return to_record(Row(where, {k: v for k, v in row.items() if k not in (WHERE_PATH, WHERE_ROW)}))
     return to_record(line_row(row[PATH_COLUMN], row["line"], row[LINE_COLUMN], options.max_record_bytes))
 
 
@@ -126,7 +132,8 @@ def result_columns(record: Record, result) -> dict:
 
 def score_dataset(ds, model_dir: str | Path, *, actors: int = 1, threads_per_actor: int = 1, batch_size: int = 8,
                   alpha: float | None = None, rows_per_call: int = 64, lines: bool = False,
-                  max_record_bytes: int = 64 << 20, batch_tokens: int | None = None, cache_bytes: int | None = None):
+                  max_record_bytes: int = 64 << 20, batch_tokens: int | None = None, cache_bytes: int | None = None,
+                  keep_where: bool = False):
     """``ds`` with rfedge's columns added (see the module doc), scored by ``actors`` actors of
     ``threads_per_actor`` ONNX Runtime threads each (each actor reserves that many CPUs). ``lines``:
     the rows are JSONL lines from :func:`read_input`. Rows keep their input order: this sets Ray
@@ -135,12 +142,22 @@ def score_dataset(ds, model_dir: str | Path, *, actors: int = 1, threads_per_act
     if actors < 1 or threads_per_actor < 1:
         raise UsageError(f"actors and threads per actor must be at least 1, got {actors} and {threads_per_actor}")
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    _check_columns(ds)
     options = ScoreOptions(threads=threads_per_actor, batch_size=batch_size, alpha=alpha,
                            max_record_bytes=max_record_bytes, lines=lines, batch_tokens=batch_tokens,
-                           cache_bytes=cache_bytes)
+                           cache_bytes=cache_bytes, keep_where=keep_where)
     return ds.map_batches(ScoreBatch, fn_constructor_args=(str(Path(model_dir).resolve()), options),
                           batch_size=rows_per_call, batch_format="pyarrow",
                           compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads_per_actor)
+
+
+def _check_columns(ds) -> None:
+    """Input columns named as rfedge's would be overwritten: refuse them up front."""
+    schema = ds.schema()
+    clash = sorted(set(schema.names if schema else ()) & set(RESULT_COLUMNS))
+    if clash:
+        raise UsageError(f"the input has columns named {', '.join(clash)}, which rfedge adds to every row; "
+                         "rename them first (e.g. ds.rename_columns)")
 
 
 @dataclass
@@ -169,7 +186,7 @@ class RayOptions:
 
 
 def scored_input(data: str, fmt: str, model_dir, ray_options: RayOptions, max_record_bytes: int = 64 << 20,
-                 **scorer_options):
+                 keep_where: bool = False, **scorer_options):
     """(dataset with rfedge's columns, whether its rows are JSONL lines) for ``data``;
     ``scorer_options``: batch_size, batch_tokens, alpha, cache_bytes as :func:`score_dataset` takes them."""
     init(ray_options.address)
@@ -177,7 +194,7 @@ def scored_input(data: str, fmt: str, model_dir, ray_options: RayOptions, max_re
     lines = input_kind(paths, fmt) == "jsonl"
     ds = score_dataset(read_input(data, fmt, max_record_bytes), model_dir, actors=ray_options.actors,
                        threads_per_actor=ray_options.threads_per_actor, lines=lines,
-                       max_record_bytes=max_record_bytes, **scorer_options)
+                       max_record_bytes=max_record_bytes, keep_where=keep_where, **scorer_options)
     return ds, lines
 
 
@@ -187,16 +204,33 @@ def write_scores(ds, output: str | None, output_fmt: str | None = None) -> Summa
     from ..sinks import output_format, row_writer
 
     summary, fmt = Summary(), output_format(output, output_fmt)
-    with row_writer(output, fmt) as writer:
+    schema = ds.schema() if fmt == "parquet" else None  # the whole dataset's, not the first batch's
+    if schema is not None:
+        schema = getattr(schema, "base_schema", schema)
+        schema = schema.remove(schema.get_field_index("result"))
+    with row_writer(output, fmt, schema=schema) as writer:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=256):
-            rows = batch.to_pylist()
-            for row in rows:
+            for row in batch.select(["error", "num_tokens"]).to_pylist():
                 summary.add(row)
             if fmt == "jsonl":
-                writer.write_lines([row["result"] for row in rows])
+                writer.write_lines(batch.column("result").to_pylist())
             else:
-                writer.write([{k: v for k, v in row.items() if k != "result"} for row in rows])
+                writer.write_table(batch.drop_columns(["result"]))
     return summary
+
+
+@contextmanager
+def ray_errors():
+    """Ray's own failures (no cluster at --address, an actor that cannot start, a failed task) as
+    one line instead of a traceback."""
+    ray = _ray()
+    try:
+        yield
+    except RfedgeError:
+        raise
+    except (ray.exceptions.RayError, ConnectionError, TimeoutError) as e:
+        text = str(e).strip()
+        raise RuntimeFailure(f"Ray: {text.splitlines()[0] if text else type(e).__name__}") from None
 
 
 @dataclass(frozen=True)
@@ -208,14 +242,21 @@ class _Scored:
 
 def scored_rows(ds, lines: bool, max_record_bytes: int = 64 << 20) -> Iterator[tuple]:
     """(row, record, result or TraceFormatError) per scored dataset row, in input order, as
-    :func:`rfedge.select.scored_rows` gives them on one machine (for ``rfedge select --ray``)."""
+    :func:`rfedge.select.scored_rows` gives them on one machine (for ``rfedge select --ray``; the
+    dataset from :func:`scored_input` with ``keep_where``)."""
+    options = ScoreOptions(lines=lines, max_record_bytes=max_record_bytes)
+    with ray_errors():
+        yield from _scored(iter_results(ds), options, lines)
+
+
+def _scored(rows, options: ScoreOptions, lines: bool) -> Iterator[tuple]:
     from ..sources import Row
 
-    options = ScoreOptions(lines=lines, max_record_bytes=max_record_bytes)
-    for row in iter_results(ds):
+    for row in rows:
         fields = {k: v for k, v in row.items() if k not in RESULT_COLUMNS}
         record = row_record(fields, options)
-        value = record.trace and (parse_json(fields[LINE_COLUMN].decode("utf-8")) if lines else fields)
+        value = record.trace and (parse_json(fields[LINE_COLUMN].decode("utf-8")) if lines else
+                                  {k: v for k, v in fields.items() if k not in (WHERE_PATH, WHERE_ROW)})
         if record.error is not None:
             result = record.error
         elif row["error"] is not None:

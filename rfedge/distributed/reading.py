@@ -10,6 +10,9 @@ from pathlib import Path
 from ..errors import UsageError
 
 LINE_COLUMN, PATH_COLUMN = "record", "path"  # a JSONL input's line (bytes) and its file
+# A Parquet row's file and row number, carried to the actors (so errors name them as on one
+# machine) and dropped from the output.
+WHERE_PATH, WHERE_ROW = "__rfedge_path", "__rfedge_row"
 
 
 def _ray():
@@ -65,13 +68,19 @@ def _parquet_datasource(paths: list[str]):
     import pyarrow.parquet as pq
     from ray.data.datasource import FileBasedDatasource
 
+    from ..sources import display_name
+
     class ParquetRowGroups(FileBasedDatasource):
         def _open_input_source(self, filesystem, path: str, **open_args):
             return filesystem.open_input_file(path)  # Parquet needs random access
 
         def _read_stream(self, f, path: str):
+            name, first = display_name(path), 1
             for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-                yield pa.Table.from_batches([batch])
+                table = pa.Table.from_batches([batch])
+                table = table.append_column(WHERE_PATH, pa.array([name] * len(table), pa.string()))
+                yield table.append_column(WHERE_ROW, pa.array(range(first, first + len(table)), pa.int64()))
+                first += len(table)
 
     return ParquetRowGroups(paths)
 
