@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -158,6 +159,16 @@ def _correct_drift(rec: Recipe, fp32: Path, final: Path, data: dict, fit: Fit, c
     return {**fit.summary, "graph_on_fit_traces": rounds}
 
 
+def _finite(value):
+    """``value`` with every non-finite float as None: a manifest is strict JSON (an infinite
+    tolerance, as an ungated export uses, is written as null)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _check_devices(rec: Recipe, graph: Path) -> None:
     """A graph built for CUDA uses only what the CUDA execution provider runs (onnx.cuda)."""
     from .onnx.cuda import cuda_gaps, load_graph
@@ -218,7 +229,7 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
         data["validation"] = report.to_dict()
         data["calibration"] = cal.describe()
         log(f"[6/6] writing {out}")
-        body = manifest_body(final, data)
+        body = manifest_body(final, _finite(data))
         write_manifest(final, body)  # last: a directory without it, or without a passing validation, is refused
         left = install(final, out)
         if left:

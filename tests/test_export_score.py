@@ -155,3 +155,16 @@ def test_export_lets_go_of_the_torch_weights(scalar_ckpt, tmp_path):
     del module, prm
     gc.collect()
     assert weight() is None
+
+
+def test_an_ungated_export_writes_strict_json(scalar_ckpt, tmp_path):
+    """An infinite tolerance (no gate) is written as null: the manifest stays strict JSON and loads."""
+    import math
+
+    from rfedge_export.export import export_model
+
+    out = tmp_path / "ungated"
+    body = export_model(str(scalar_ckpt), out, precision="fp32", log=lambda m: None, progress=None,
+                        tolerance={"max_abs_step": math.inf, "max_abs_trajectory": math.inf})
+    assert body["validation"]["tolerance"]["max_abs_step"] is None and body["validation"]["passed"] is True
+    assert Scorer.load(out, device="cpu").manifest.validation["tolerance"]["max_abs_trajectory"] is None
