@@ -69,17 +69,7 @@ def write_input(path: Path, size_mb: int, seed: int = 0) -> dict:
 def run(size_mb: int, workdir: Path, model: str | None, batch_tokens: int | None) -> dict:
     src, out = workdir / f"in-{size_mb}.jsonl", workdir / f"out-{size_mb}.jsonl"
     counts = write_input(src, size_mb)
-    cmd = [sys.executable, "-m", "rfedge", "score", str(src), "--output", str(out)]
-    if model:
-        cmd += ["--model", model]
-    if batch_tokens:
-        cmd += ["--batch-tokens", str(batch_tokens)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    rc = os.waitstatus_to_exitcode(status)
+    rc, peak_mb, wall, stderr = _score(src, out, model, ["--batch-tokens", str(batch_tokens)] if batch_tokens else [])
     ids, errors = [], 0
     with out.open(encoding="utf-8") as f:
         for line in f:
@@ -89,14 +79,16 @@ def run(size_mb: int, workdir: Path, model: str | None, batch_tokens: int | None
     expected = counts.pop("ids")
     row = {"size_mb": size_mb, "batch_tokens": batch_tokens, "input_bytes": src.stat().st_size, **counts, "output_lines": len(ids),
            "error_lines": errors, "in_order": ids == expected, "exit_code": rc,
-           "traceback": "Traceback" in stderr, "peak_rss_mb": usage.ru_maxrss / 1024, "seconds": wall}
+           "traceback": "Traceback" in stderr, "peak_rss_mb": peak_mb, "seconds": wall}
     src.unlink()
     out.unlink()
     return row
 
 
-def _score(src: Path, out: Path, model: str | None) -> tuple[int, float, float, str]:
-    cmd = [sys.executable, "-m", "rfedge", "score", str(src), "--output", str(out)] + (["--model", model] if model else [])
+def _score(src: Path, out: Path, model: str | None, extra: list[str] = ()) -> tuple[int, float, float, str]:
+    """``rfedge score src -o out`` in a child process: (exit code, peak RSS MB, seconds, stderr)."""
+    cmd = [sys.executable, "-m", "rfedge", "score", str(src), "--output", str(out),
+           *(["--model", model] if model else []), *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = proc.stderr.read().decode()

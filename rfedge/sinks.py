@@ -58,10 +58,7 @@ class _ParquetWriter:
         except (self.pa.ArrowInvalid, self.pa.ArrowTypeError, TypeError, KeyError) as e:
             raise OutputError(f"a row does not fit the Parquet schema of the rows before it ({str(e).splitlines()[0]}); "
                               "write JSONL instead (-o OUT.jsonl)") from None
-        if self.writer is None:
-            self.schema = table.schema
-            self.writer = self.pq.ParquetWriter(self.fh, table.schema)
-        self.writer.write_table(table)
+        self._append(table)
 
     def write_table(self, table) -> None:
         """An Arrow table, cast to the writer's schema when one was given (a column of nulls in one
@@ -72,6 +69,10 @@ class _ParquetWriter:
             except (self.pa.ArrowInvalid, self.pa.ArrowTypeError, KeyError) as e:
                 raise OutputError(f"a batch does not fit the Parquet schema ({str(e).splitlines()[0]}); "
                                   "write JSONL instead (-o OUT.jsonl)") from None
+        self._append(table)
+
+    def _append(self, table) -> None:
+        """The file is opened with the first table's schema; every later table must have it."""
         if self.writer is None:
             self.schema = table.schema
             self.writer = self.pq.ParquetWriter(self.fh, table.schema)
