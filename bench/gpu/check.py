@@ -164,6 +164,11 @@ def table(results: dict) -> str:
         for run in r["runs"]:
             lines.append(f"| {r['quant']} | {r['weights_gb']:.2f} | {run['T']} | {run['tokens_per_s']:.0f} | "
                          f"{run['peak_gb']:.2f} |")
+    lines += ["", "| pooled vs HF eager | T | batch | eager tok/s | pooled tok/s | speedup | max abs delta |", "|---|---|---|---|---|---|---|"]
+    for key in ("pooled_bf16_vs_hf_eager_1.5b", "pooled_fp32_vs_hf_eager_tiny"):
+        for r in results.get(key, []):
+            lines.append(f"| {key} | {r['T']} | {r['batch']} | {r['hf_eager']['tokens_per_s']:.0f} | "
+                         f"{r['rfedge_pooled']['tokens_per_s']:.0f} | {r['speedup']:.2f} | {r['max_abs_delta_trajectory']:.2e} |")
     lines += ["", f"rfedge score --device cuda: {json.dumps(results.get('onnx_cuda'))}"]
     return "\n".join(lines)
 
@@ -179,7 +184,9 @@ def main():
     ap.add_argument("--cpu-smoke", action="store_true", help="the teacher rows on CPU only (checks the script)")
     a = ap.parse_args()
     if a.cpu_smoke:
-        results = {"device": "cpu (smoke)", "teacher": teacher_parity(a.teacher, "cpu", 20)}
+        tiny = dict(SHAPES["1.5b"], hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+        results = {"device": "cpu (smoke)", "teacher": teacher_parity(a.teacher, "cpu", 20),
+                   "pooled_fp32_vs_hf_eager_tiny": [pooled_vs_eager(tiny, 128, 2, "cpu", torch.float32, reps=1)]}
     else:
         if not torch.cuda.is_available():
             print("bench/gpu/check.py: torch sees no CUDA device (use --cpu-smoke to check the script)", file=sys.stderr)

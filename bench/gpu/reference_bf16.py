@@ -65,6 +65,8 @@ def pooled_vs_eager(shape: dict, T: int, batch: int, device: str, dtype, reps: i
     pooled = PooledPRM(body, head).eval()
     ids = torch.randint(100, 150000, (batch, T), device=device)
     mask = torch.ones_like(ids)
+    past = [t.to(device, dtype) for t in pooled.empty_cache(batch, T)]  # one pass: empty cache of capacity T
+    past_length = torch.zeros(batch, dtype=torch.long, device=device)
     steps = torch.arange(63, T, 64, device=device).repeat(batch, 1)
 
     def eager():
@@ -73,7 +75,7 @@ def pooled_vs_eager(shape: dict, T: int, batch: int, device: str, dtype, reps: i
         return torch.sigmoid(head(h[rows, steps])), torch.sigmoid(head(h[:, -1]))
 
     out = {"T": T, "batch": batch}
-    for name, fn in (("hf_eager", eager), ("rfedge_pooled", lambda: pooled(ids, mask, steps))):
+    for name, fn in (("hf_eager", eager), ("rfedge_pooled", lambda: pooled(ids, mask, past_length, *past))):
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
@@ -88,6 +90,9 @@ def pooled_vs_eager(shape: dict, T: int, batch: int, device: str, dtype, reps: i
         dt = (time.perf_counter() - t) / reps
         out[name] = {"tokens_per_s": batch * T / dt,
                      "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None}
+    with torch.no_grad():
+        (_, want), got = eager(), pooled(ids, mask, past_length, *past)[1][:, -1]
+    out["max_abs_delta_trajectory"] = float((want.squeeze(-1).float() - got.float()).abs().max())
     out["speedup"] = out["rfedge_pooled"]["tokens_per_s"] / out["hf_eager"]["tokens_per_s"]
     return out
 

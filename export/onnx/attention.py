@@ -37,7 +37,8 @@ def cached_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_key: torc
         present_v[b, :, p:p + S] = v[b].view(S, kv_heads, d).transpose(0, 1)
         keys = present_k[b, :, :p + S].repeat_interleave(num_heads // kv_heads, dim=0)
         values = present_v[b, :, :p + S].repeat_interleave(num_heads // kv_heads, dim=0)
-        causal = torch.arange(p + S).unsqueeze(0) <= (p + torch.arange(S)).unsqueeze(1)  # [S, p+S]
+        causal = (torch.arange(p + S, device=q.device).unsqueeze(0)
+                  <= (p + torch.arange(S, device=q.device)).unsqueeze(1))  # [S, p+S]
         o = F.scaled_dot_product_attention(q[b].view(S, num_heads, d).transpose(0, 1), keys, values,
                                            attn_mask=causal)
         out[b] = o.transpose(0, 1).reshape(S, num_heads * d)
