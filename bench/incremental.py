@@ -37,6 +37,20 @@ def words(rng: random.Random, tokens: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(tokens))
 
 
+def text_of(model: str, rng: random.Random, tokens: int) -> str:
+    """Words that are ``tokens`` tokens long by the model's own tokenizer (give or take a merge)."""
+    from tokenizers import Tokenizer
+
+    tk = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
+    count = lambda t: len(tk.encode(t, add_special_tokens=False).ids)  # noqa: E731
+    text = words(rng, tokens)
+    while count(text) > tokens:
+        text = text.rsplit(" ", 1)[0]
+    while count(text) < tokens:
+        text += " " + rng.choice(WORDS)
+    return text
+
+
 def export(work: Path, layers: int) -> Path:
     ckpt = build_checkpoint(work / f"qwen2-1.5b-shape-{layers}l", layers)
     out = work / f"export-{layers}l-int8-v2"
@@ -58,8 +72,8 @@ def steps_scenario(model: str, prompt_tokens: int, n_steps: int, step_tokens: in
     from rfedge.traces import Trace
 
     rng = random.Random(1)
-    problem = words(rng, prompt_tokens)
-    steps = [words(rng, step_tokens) for _ in range(n_steps)]
+    problem = text_of(model, rng, prompt_tokens)
+    steps = [text_of(model, rng, step_tokens) for _ in range(n_steps)]
     partial = [Trace(problem, "<think>\n" + "\n\n".join(steps[:k])) for k in range(1, n_steps + 1)]
     out = {}
     for name, cache in (("cached", None), ("no cache", 0)):
@@ -76,16 +90,32 @@ def steps_scenario(model: str, prompt_tokens: int, n_steps: int, step_tokens: in
 
 def best_of_n_scenario(model: str, prompt_tokens: int, n: int, continuation_tokens: int) -> dict:
     from rfedge import Scorer
+    from rfedge.traces import Trace
 
     rng = random.Random(2)
-    problem = words(rng, prompt_tokens)
-    candidates = [words(rng, continuation_tokens) for _ in range(n)]
+    sizer = Scorer.load(model, device="cpu", cache_bytes=0)
+    problem = text_of(model, rng, prompt_tokens)
+    candidates = [text_of(model, rng, continuation_tokens) for _ in range(n)]
     out = {}
     for name, cache in (("cached", None), ("no cache", 0)):
         scorer = Scorer.load(model, device="cpu", **({} if cache is None else {"cache_bytes": cache}))
+        scorer.score(Trace("warm", "up"))
         out[name] = _timed(lambda s=scorer: s.best_of_n(problem, candidates))
         out[f"{name} stats"] = scorer.cache_stats()
+    out["tokens"] = reuse_tokens([sizer.tokenizer.encode(Trace(problem, c)).ids for c in candidates])
     return out
+
+
+def reuse_tokens(seqs: list) -> dict:
+    """Tokens run with and without prefix reuse: each sequence shares with the others its longest
+    common prefix in whole 16-token blocks (the cache's unit), the deepest of those runs once."""
+    def common(a, b) -> int:
+        n = min(len(a), len(b))
+        diff = [i for i in range(n) if a[i] != b[i]]
+        return (diff[0] if diff else n) // 16 * 16
+    shared = [max(common(s, t) for j, t in enumerate(seqs) if j != i) for i, s in enumerate(seqs)]
+    return {"per trace": [len(s) for s in seqs], "without reuse": sum(len(s) for s in seqs),
+            "with reuse": max(shared) + sum(len(s) - k for s, k in zip(seqs, shared, strict=True))}
 
 
 def beam_scenario(model: str, prompt_tokens: int, beams: int, n_steps: int, step_tokens: int) -> dict:
@@ -143,7 +173,8 @@ def main():
     ap.add_argument("--work", default=str(HERE / ".work"))
     ap.add_argument("--out", default=str(HERE / "results" / "incremental.json"))
     ap.add_argument("--long-worker", nargs=2, help=argparse.SUPPRESS)
-    ap.add_argument("--long-only", action="store_true", help="rerun only the long traces, into the saved results")
+    ap.add_argument("--only", default=None,
+                    help="rerun only these scenarios (comma-separated: steps,best_of_8,beam,long) into the saved results")
     a = ap.parse_args()
     if a.long_worker:
         print(json.dumps(long_worker(a.long_worker[0], int(a.long_worker[1]))))
@@ -152,55 +183,55 @@ def main():
     if a.quick:
         a.layers, a.lengths = 4, "512,2048,8192"
     model = str(export(Path(a.work), a.layers))
-    if a.long_only:
-        results = json.loads(Path(a.out).read_text())
-        long_traces(results, model, a)
-        return report(results)
-    results = {"layers": a.layers, "model": model}
-    results["steps"] = steps_scenario(model, 128 // scale, 16, 120 // scale)
-    print(f"steps: {json.dumps(results['steps'])}", file=sys.stderr, flush=True)
-    save(a.out, results)
-    results["best_of_8"] = best_of_n_scenario(model, 512 // scale, 8, 1536 // scale)
-    print(f"best-of-8: {json.dumps(results['best_of_8'])}", file=sys.stderr, flush=True)
-    save(a.out, results)
-    results["beam"] = beam_scenario(model, 256 // scale, 4, 16, 16)
-    print(f"beam: {json.dumps(results['beam'])}", file=sys.stderr, flush=True)
-    save(a.out, results)
-    long_traces(results, model, a)
+    scenarios = {
+        "steps": lambda: steps_scenario(model, 128 // scale, 16, 120 // scale),
+        "best_of_8": lambda: best_of_n_scenario(model, 512 // scale, 8, 1536 // scale),
+        "beam": lambda: beam_scenario(model, 256 // scale, 4, 16, 16),
+        "long": lambda: long_traces(model, a.lengths),
+    }
+    only = a.only.split(",") if a.only else list(scenarios)
+    if unknown := set(only) - set(scenarios):
+        ap.error(f"--only: unknown scenarios {sorted(unknown)}; choose from {list(scenarios)}")
+    results = json.loads(Path(a.out).read_text()) if a.only else {}
+    results.update({"layers": a.layers, "model": model})
+    for name in only:
+        results[name] = scenarios[name]()
+        print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+        save(a.out, results)
     report(results)
 
 
-def long_traces(results: dict, model: str, a) -> None:
-    results["long"] = []
-    for T in [int(x) for x in a.lengths.split(",")]:
+def long_traces(model: str, lengths: str) -> list[dict]:
+    rows = []
+    for T in [int(x) for x in lengths.split(",")]:
         out, _, _ = run_measured([sys.executable, __file__, "--long-worker", model, str(T)])
-        row = json.loads(out.strip().splitlines()[-1])
-        results["long"].append(row)
-        print(f"long T={row['T']}: {row['tokens_per_s']:.1f} tok/s, peak RSS {row['peak_rss_gb']:.2f} GB",
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"long T={rows[-1]['T']}: {rows[-1]['tokens_per_s']:.1f} tok/s, peak RSS {rows[-1]['peak_rss_gb']:.2f} GB",
               file=sys.stderr, flush=True)
-        save(a.out, results)
+    return rows
 
 
 def report(r: dict) -> None:
-    s = r["steps"]
     print(f"| scenario ({r['layers']} layers) | with prefix cache | without | ratio | target |")
     print("|---|---|---|---|---|")
-    print(f"| 16-step trace ({s['tokens']} tokens) scored after every step, x one full pass "
-          f"({s['one full pass']:.1f} s) | {s['cached'] / s['one full pass']:.2f}x ({s['cached']:.1f} s) | "
-          f"{s['no cache'] / s['one full pass']:.2f}x ({s['no cache']:.1f} s) | | <= 1.3x |")
-    b = r["best_of_8"]
-    print(f"| Best-of-8, shared prompt | {b['cached']:.1f} s | {b['no cache']:.1f} s | "
-          f"{b['cached'] / b['no cache']:.2f} | <= 0.8 |")
-    m = r["beam"]
-    print(f"| beam search, 4 beams x 16 steps, 8 candidates a step | {m['cached']:.1f} s | {m['no cache']:.1f} s | "
-          f"{m['cached'] / m['no cache']:.2f} | |")
-    long = r["long"]
-    base = long[0]["tokens_per_s"] if long else None
-    print(f"\n| T | tokens/s | x T={long[0]['T'] if long else '-'} | peak RSS GB |")
-    print("|---|---|---|---|")
-    for x in long:
-        ratio = f"{x['tokens_per_s'] / base:.2f}" if base else "-"
-        print(f"| {x['T']} | {x['tokens_per_s']:.1f} | {ratio} | {x['peak_rss_gb']:.2f} |")
+    if s := r.get("steps"):
+        print(f"| 16-step trace ({s['tokens']} tokens) scored after every step, x one full pass "
+              f"({s['one full pass']:.1f} s) | {s['cached'] / s['one full pass']:.2f}x ({s['cached']:.1f} s) | "
+              f"{s['no cache'] / s['one full pass']:.2f}x ({s['no cache']:.1f} s) | | <= 1.3x |")
+    if b := r.get("best_of_8"):
+        tokens = b.get("tokens", {})
+        share = f", tokens run {tokens['with reuse'] / tokens['without reuse']:.2f}x" if tokens else ""
+        print(f"| Best-of-8, shared prompt{share} | {b['cached']:.1f} s | {b['no cache']:.1f} s | "
+              f"{b['cached'] / b['no cache']:.2f} | <= 0.8 |")
+    if m := r.get("beam"):
+        print(f"| beam search, 4 beams x 16 steps, 8 candidates a step | {m['cached']:.1f} s | "
+              f"{m['no cache']:.1f} s | {m['cached'] / m['no cache']:.2f} | |")
+    if long := r.get("long"):
+        base = long[0]["tokens_per_s"]
+        print(f"\n| T | tokens/s | x T={long[0]['T']} | peak RSS GB |")
+        print("|---|---|---|---|")
+        for x in long:
+            print(f"| {x['T']} | {x['tokens_per_s']:.1f} | {x['tokens_per_s'] / base:.2f} | {x['peak_rss_gb']:.2f} |")
 
 
 if __name__ == "__main__":

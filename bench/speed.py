@@ -31,8 +31,8 @@ SHAPE_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, n
                   rope_theta=1000000.0, tie_word_embeddings=True)
 
 
-def run_measured(cmd: list[str]) -> tuple[str, float, float]:
-    """Run ``cmd``; return (stdout, wall seconds, peak RSS in GB of that process alone)."""
+def run_process(cmd: list[str]) -> tuple[int, str, str, float, float]:
+    """Run ``cmd``; return (exit code, stdout, stderr, wall seconds, peak RSS in GB of that process alone)."""
     import tempfile
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -40,16 +40,22 @@ def run_measured(cmd: list[str]) -> tuple[str, float, float]:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{stderr[-3000:]}")
-    return stdout, wall, usage.ru_maxrss / 1e6
+        return os.waitstatus_to_exitcode(status), out.read(), err.read(), wall, usage.ru_maxrss / 1e6
 
 
-def build_checkpoint(path: Path, layers: int) -> Path:
+def run_measured(cmd: list[str]) -> tuple[str, float, float]:
+    """Run ``cmd``; return (stdout, wall seconds, peak RSS in GB of that process alone); exit on failure."""
+    code, stdout, stderr, wall, peak = run_process(cmd)
+    if code != 0:
+        raise SystemExit(f"failed ({code}): {' '.join(cmd)}\n{stderr[-3000:]}")
+    return stdout, wall, peak
+
+
+def build_checkpoint(path: Path, layers: int, seed: int = 0) -> Path:
+    """A fresh 1.5B-width Qwen2 checkpoint of ``layers`` layers (random weights from ``seed``) with a
+    random reward head and the real Qwen2.5 tokenizer, built once."""
     if (path / "config.json").is_file():
         return path
     code = f"""
@@ -57,7 +63,7 @@ import torch, shutil
 from pathlib import Path
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from rfedge_export.qwen_vocab import write_tokenizer_files
-torch.manual_seed(0)
+torch.manual_seed({seed})
 cfg = Qwen2Config(**{dict(SHAPE_1_5B, num_hidden_layers=layers)!r})
 m = Qwen2ForCausalLM(cfg)
 p = Path({str(path)!r}); m.save_pretrained(p, safe_serialization=True)

@@ -35,6 +35,7 @@ from .quantize.recipes import Recipe, get_recipe
 from .validate import graph_rewards, measure, misses, reference_rewards, validate
 
 DEFAULT_MAX_LENGTH = 32768  # capped by the checkpoint's max_position_embeddings
+DEFAULT_FIT_MINUTES = 15.0  # an INT8 fit promotes linears this long at most, then stops with the reason
 MAX_REBUILDS = 2  # rounds that promote more linears when the written graph drifts from the simulation
 
 
@@ -52,8 +53,9 @@ def _encode(tokenizer, traces) -> list:
     return [(e.ids, e.step_tokens[e.step_tokens < len(e.ids)]) for e in map(tokenizer.encode, traces)]
 
 
-def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, log) -> Fit:
-    """Rotate, smooth and fit ``prm`` in place; stop here if the held-out traces already miss in simulation."""
+def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, log, fit_minutes: float) -> Fit:
+    """Rotate, smooth and fit ``prm`` in place; stop here if the fit traces (when the fit ran out of
+    time) or the held-out traces already miss the tolerance in simulation."""
     from .quantize.embedding import EMBEDDING, INT8_BLOCKS
     from .quantize.fitting import fit_formats, in_features_of, simulated_rewards
     from .quantize.rotation import online, rotate
@@ -69,7 +71,15 @@ def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, l
         smoothing, formats, errors = smooth_and_select(prm.body, [ids for ids, _ in fit_enc], rec.fast_error,
                                                        rec.max_error, ALPHAS if rec.smooth else (None,))
         formats, summary = fit_formats(prm, references["fit"], fit_enc, [t.id for t in cal.fit],
-                                       {**formats, EMBEDDING: INT8_BLOCKS}, errors, tol, log)
+                                       {**formats, EMBEDDING: INT8_BLOCKS}, errors, tol, log,
+                                       seconds=fit_minutes * 60)
+        if summary["missed_at_tolerance"]:
+            raise ValidationError(
+                f"export stopped before writing a graph: the fit stopped ({summary['stopped']}, "
+                f"{len(summary['rounds'])} rounds, linears {summary['rounds'][-1]['formats']}) while the fit traces "
+                "still miss the gate in simulation:\n" + "\n".join(summary["missed_at_tolerance"])
+                + ("\ntry " + (f"--fit-minutes {2 * fit_minutes:g}, " if summary["stopped"].startswith("time") else "")
+                   + "--recipe int8-smooth or int8-block32, --precision fp16, or a looser tolerance"))
         held = measure(references["held_out"], simulated_rewards(prm, held_enc, formats),
                        [t.id for t in cal.held_out])
     missed = misses(tol, held, "held_out (simulated): ")
@@ -184,8 +194,9 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
                  max_length: int | None = None, calibration: str | None = None,
                  tolerance: dict | None = None, revision: str | None = None,
                  notice: str | None = None, source_id: str | None = None, log=_log, progress=_progress,
-                 calibration_only: bool = False) -> dict:
-    """Export ``source`` to ``out``; returns the manifest written. Raises ValidationError on a miss."""
+                 calibration_only: bool = False, fit_minutes: float = DEFAULT_FIT_MINUTES) -> dict:
+    """Export ``source`` to ``out``; returns the manifest written. Raises ValidationError on a miss.
+    ``fit_minutes``: how long an INT8 fit may promote linears before the export stops with the reason."""
     rec = get_recipe(precision, recipe)
     tol = replace(rec.tolerance, **{k: v for k, v in (tolerance or {}).items() if v is not None})
     out = Path(out)
@@ -204,7 +215,7 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
         "calibration traces")
     references = {"fit": reference_rewards(prm, tokenizer, cal.fit, progress),
                   "held_out": reference_rewards(prm, tokenizer, cal.held_out, progress)}
-    fit = _fit(prm, tokenizer, cal, references, rec, tol, log) if rec.fitted else None
+    fit = _fit(prm, tokenizer, cal, references, rec, tol, log, fit_minutes) if rec.fitted else None
     module = PooledPRM(prm.body, prm.head, prm.step_head).eval()
     cache, has_step_head = CacheShape(len(module.layers), module.n_kv, module.head_dim), prm.step_head is not None
     del prm

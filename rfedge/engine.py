@@ -54,6 +54,20 @@ class _Job:
         return TokenRewards.join([cached, self.new]) if self.new is not None else cached
 
 
+def _waves(prefixes: list[_Job]) -> list[list[_Job]]:
+    """Shared prefixes in rounds: a prefix runs after every other one it extends (a candidate whose
+    last shared block tokenized differently shares a shorter prefix with the rest), so it finds
+    those blocks cached and runs only its own."""
+    waves, left = [], sorted(prefixes, key=lambda p: len(p.keys))
+    while left:
+        ends = {p.keys[-1] for p in left}
+        wave = [p for p in left if not ends.intersection(p.keys[:-1])]
+        waves.append(wave)
+        taken = {id(p) for p in wave}
+        left = [p for p in left if id(p) not in taken]
+    return waves
+
+
 class Engine:
     def __init__(self, session, shape: CacheShape, cache: PrefixCache, batch_size: int, batch_tokens: int,
                  chunk_tokens: int, pad_id: int):
@@ -69,7 +83,8 @@ class Engine:
         """Per-token rewards of each sequence (int64 ids, at most the model's max length)."""
         jobs = [_Job(ids, chain_keys(ids) if self.cache.enabled else []) for ids in sequences]
         if self.cache.enabled:
-            self._run(self._shared_prefixes(jobs))
+            for wave in _waves(self._shared_prefixes(jobs)):
+                self._run(wave)
         self._run(jobs)
         return [job.result() for job in jobs]
 

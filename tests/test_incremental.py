@@ -205,3 +205,19 @@ def test_windows_with_a_max_length_at_the_whole_text_change_nothing(qwen_tokeniz
         assert np.array_equal(got.ids, whole.ids[:max_length]) and got.steps == whole.steps
         assert np.array_equal(got.step_tokens, whole.step_tokens) and got.total == whole.total
         assert got.truncated == (max_length < whole.total)
+
+
+def test_nested_shared_prefixes_run_once_each(tmp_path):
+    """Seven candidates share 3 blocks, the eighth only the first 2 (its third block differs): the
+    2-block prefix runs first, the 3-block one then runs only its last block."""
+    from rfedge.engine import _Job, _waves
+    from rfedge.kvcache import BLOCK_TOKENS, chain_keys
+
+    ids = np.arange(4 * BLOCK_TOKENS, dtype=np.int64)
+    other = ids.copy()
+    other[2 * BLOCK_TOKENS + 3] = 7
+    short, deep = _Job(ids[:2 * BLOCK_TOKENS], chain_keys(ids)[:2]), _Job(ids[:3 * BLOCK_TOKENS], chain_keys(ids)[:3])
+    unrelated = _Job(other[:3 * BLOCK_TOKENS] + 1000, chain_keys(other + 1000)[:3])
+    waves = _waves([deep, unrelated, short])
+    assert [[len(j.keys) for j in w] for w in waves] == [[2, 3], [3]]
+    assert waves[0][1] is unrelated and waves[1][0] is deep

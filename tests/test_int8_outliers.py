@@ -235,3 +235,35 @@ def test_plain_dynamic_recipe_writes_its_intermediate_with_external_data(monkeyp
     with pytest.raises(RuntimeError, match="stop here"):
         get_recipe("int8", "int8-dynamic").apply(src, tmp_path / "out" / "model.onnx")
     assert seen["use_external_data_format"] is True
+
+
+def test_the_fit_stops_when_its_time_is_spent(fit_case):
+    """Out of time with criteria still missed: one round, the reason, and what the gate would fail."""
+    from rfedge_export.quantize.fitting import fit_formats
+    from rfedge_export.quantize.recipes import Tolerance
+    from rfedge_export.quantize.rotation import online
+
+    prm, references, encoded, ids, formats, errors = fit_case
+    with online(prm.body):
+        fitted, summary = fit_formats(prm, references, encoded, ids, formats, errors, Tolerance(1e-6, 1.0, -1.0),
+                                      seconds=0.0)
+    assert len(summary["rounds"]) == 1 and fitted == formats and not summary["met"]
+    assert summary["stopped"] == "time: 0 minutes"
+    assert [m.split(":")[0] for m in summary["missed_at_tolerance"]] == ["- step_rewards max |delta|"]
+
+
+def test_an_export_whose_fit_runs_out_of_time_stops_before_writing_with_the_reason(scalar_ckpt, tmp_path):
+    from rfedge.errors import ValidationError
+    from rfedge_export.export import export_model
+
+    out = tmp_path / "m"
+    with pytest.raises(ValidationError) as e:
+        export_model(str(scalar_ckpt), out, precision="int8", tolerance={"max_abs_step": 1e-7},
+                     fit_minutes=1e-9, log=lambda m: None, progress=None)
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("export stopped before writing a graph: the fit stopped (time: 1e-09 minutes, 1 rounds, "
+                               "linears {")
+    assert lines[0].endswith(") while the fit traces still miss the gate in simulation:")
+    assert lines[1].startswith("- step_rewards max |delta|: ") and ", bound <= 1e-07 (trace " in lines[1]
+    assert lines[-1] == "try --fit-minutes 2e-09, --recipe int8-smooth or int8-block32, --precision fp16, or a looser tolerance"
+    assert not out.exists() and not list(tmp_path.iterdir())

@@ -148,8 +148,9 @@ def test_failed_validation_leaves_nothing_to_score(scalar_ckpt, tmp_path):
         export_model(str(scalar_ckpt), out, precision="int8", tolerance={"max_abs_step": 1e-9},
                      log=lambda m: None, progress=None)
     lines = str(e.value).splitlines()
-    assert lines[0].startswith("export stopped before writing a graph: even fitted, the quantized model misses ")
-    assert lines[1].startswith("- held_out (simulated): step_rewards max |delta|: ") and ", bound <= 1e-09 (trace " in lines[1]
+    assert lines[0].startswith("export stopped before writing a graph: the fit stopped (nothing left to promote, ")
+    assert lines[1].startswith("- step_rewards max |delta|: ") and ", bound <= 1e-09 (trace " in lines[1]
+    assert lines[-1] == "try --recipe int8-smooth or int8-block32, --precision fp16, or a looser tolerance"
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []
 

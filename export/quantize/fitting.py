@@ -19,6 +19,7 @@ manifest.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from dataclasses import asdict, replace
 
@@ -194,9 +195,11 @@ def in_features_of(prm, names) -> dict[str, int]:
 
 
 def fit_formats(prm, references, encoded, ids, formats: dict[str, str], errors: dict[str, dict[str, float]],
-                tolerance, log=None, margin: float = MARGIN
+                tolerance, log=None, margin: float = MARGIN, seconds: float | None = None
                 ) -> tuple[dict[str, str], dict]:
-    """Promote linears until the simulated fit traces meet every criterion at ``margin``.
+    """Promote linears until the simulated fit traces meet every criterion at ``margin``, or until
+    ``seconds`` have passed (None: no limit); ``summary["missed_at_tolerance"]`` then lists what the
+    last round still misses at the tolerance itself (what the gate would fail).
 
     ``encoded``: (token ids, step token indices) per fit trace, as the references were made; ``ids``:
     the traces' ids for messages; ``formats``: each linear's format and the embedding's under
@@ -205,8 +208,9 @@ def fit_formats(prm, references, encoded, ids, formats: dict[str, str], errors: 
     """
     from ..validate import measure, misses
 
-    formats, goal, history = dict(formats), aim(tolerance, margin), []
+    formats, goal, history, stopped = dict(formats), aim(tolerance, margin), [], "met"
     in_features = in_features_of(prm, formats)
+    deadline = None if seconds is None else time.monotonic() + seconds
     while True:
         simulated = simulated_rewards(prm, encoded, formats)
         measured = measure(references, simulated, ids)
@@ -221,11 +225,16 @@ def fit_formats(prm, references, encoded, ids, formats: dict[str, str], errors: 
                 + (f", embedding {formats[EMBEDDING]}" if EMBEDDING in formats else ""))
         if not missed:
             break
+        if deadline is not None and time.monotonic() > deadline:
+            stopped = f"time: {seconds / 60:g} minutes"
+            break
         shares = attribute(prm, encoded, references, simulated, formats,
                            4.0 if any("Spearman" in m for m in missed) else 1.0)
         if not promote_by_share(formats, shares, in_features) and not promote_round(formats, errors, in_features):
+            stopped = "nothing left to promote"
             break
     summary = {"method": "promote the linears to which the simulated reward deltas are attributed (first order) "
                          f"up a format until the fit traces meet every gate criterion at {margin} of the tolerance",
-               "aim": asdict(goal), "rounds": history, "met": not missed}
+               "aim": asdict(goal), "rounds": history, "met": not missed, "stopped": stopped,
+               "missed_at_tolerance": misses(tolerance, measured)}
     return formats, summary

@@ -30,11 +30,14 @@ from .common import export_extra, reports_errors
 @click.option("--max-step-delta", type=float, default=None, help="Override the step-reward tolerance.")
 @click.option("--max-trajectory-delta", type=float, default=None, help="Override the trajectory tolerance.")
 @click.option("--min-spearman", type=float, default=None, help="Override the trajectory Spearman bound.")
+@click.option("--fit-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="How long an INT8 fit may promote linears before the export stops with the reason "
+                   "(default: 15).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--notice", default=None, hidden=True, help="A line shown whenever the model is used.")
 @reports_errors
 def export(source, out, precision, int8, recipe, max_length, calibration, calibration_only, max_step_delta,
-           max_trajectory_delta, min_spearman, revision, notice):
+           max_trajectory_delta, min_spearman, fit_minutes, revision, notice):
     """Export SOURCE (a local directory or hub id, ReasonFlux-PRM-1.5B layout) to a validated ONNX model.
 
     \b
@@ -51,7 +54,7 @@ def export(source, out, precision, int8, recipe, max_length, calibration, calibr
         source, target, precision=precision, recipe=recipe, max_length=max_length,
         calibration=calibration, calibration_only=calibration_only, revision=revision, notice=notice,
         tolerance={"max_abs_step": max_step_delta, "max_abs_trajectory": max_trajectory_delta,
-                   "min_spearman": min_spearman})
+                   "min_spearman": min_spearman}, **({} if fit_minutes is None else {"fit_minutes": fit_minutes}))
     click.echo(json.dumps({"out": str(target), "precision": manifest["precision"],
                            "validation": manifest["validation"]}, indent=2))
 
