@@ -35,7 +35,8 @@ def export_case(work: Path, layers: int, seed: int) -> dict:
         shutil.rmtree(out)  # this script's own earlier output, under bench/.work
     cmd = [sys.executable, "-m", "rfedge", "export", str(ckpt), "--int8", "--out", str(out)]
     code, _, stderr, wall, peak = run_process(cmd)
-    lines = [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
+    lines = [ln for ln in stderr.replace("\r", "\n").splitlines()
+             if ln.strip() and "%|" not in ln and "torchvision is not installed" not in ln]
     row = {"layers": layers, "seed": seed, "exit": code, "wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2),
            "last_lines": lines[-8:]}
     manifest = out / "rfedge.json"
