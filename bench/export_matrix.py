@@ -59,13 +59,15 @@ def main():
     ap.add_argument("--work", default=str(HERE / ".work"))
     ap.add_argument("--out", default=str(HERE / "results" / "export_matrix.json"))
     a = ap.parse_args()
+    saved = json.loads(Path(a.out).read_text())["rows"] if Path(a.out).is_file() else []
     rows = []
     for case in a.cases.split(","):
         layers, seed = (int(x) for x in case.split(":"))
         row = export_case(Path(a.work), layers, seed)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-        save(a.out, {"cpu": os.cpu_count(), "rows": rows})
+        done = {(r["layers"], r["seed"]) for r in rows}  # this run's rows replace saved ones of the same case
+        save(a.out, {"cpu": os.cpu_count(), "rows": [r for r in saved if (r["layers"], r["seed"]) not in done] + rows})
     print("| layers | seed | result | wall | peak RSS | linears 7b/8b/g32/fp32 | held-out step / trajectory / Spearman |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -192,7 +192,9 @@ def main():
     only = a.only.split(",") if a.only else list(scenarios)
     if unknown := set(only) - set(scenarios):
         ap.error(f"--only: unknown scenarios {sorted(unknown)}; choose from {list(scenarios)}")
-    results = json.loads(Path(a.out).read_text()) if a.only else {}
+    results = json.loads(Path(a.out).read_text()) if a.only and Path(a.out).is_file() else {}
+    if results.get("layers", a.layers) != a.layers:
+        ap.error(f"--only: {a.out} holds a {results['layers']}-layer run; give --out for a {a.layers}-layer one")
     results.update({"layers": a.layers, "model": model})
     for name in only:
         results[name] = scenarios[name]()

@@ -53,7 +53,7 @@ def _encode(tokenizer, traces) -> list:
     return [(e.ids, e.step_tokens[e.step_tokens < len(e.ids)]) for e in map(tokenizer.encode, traces)]
 
 
-def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, log, fit_minutes: float) -> Fit:
+def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, log, fit_minutes: float | None) -> Fit:
     """Rotate, smooth and fit ``prm`` in place; stop here if the fit traces (when the fit ran out of
     time) or the held-out traces already miss the tolerance in simulation."""
     from .quantize.embedding import EMBEDDING, INT8_BLOCKS
@@ -72,13 +72,13 @@ def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, l
                                                        rec.max_error, ALPHAS if rec.smooth else (None,))
         formats, summary = fit_formats(prm, references["fit"], fit_enc, [t.id for t in cal.fit],
                                        {**formats, EMBEDDING: INT8_BLOCKS}, errors, tol, log,
-                                       seconds=fit_minutes * 60)
+                                       seconds=None if fit_minutes is None else fit_minutes * 60)
         if summary["missed_at_tolerance"]:
             raise ValidationError(
                 f"export stopped before writing a graph: the fit stopped ({summary['stopped']}, "
                 f"{len(summary['rounds'])} rounds, linears {summary['rounds'][-1]['formats']}) while the fit traces "
                 "still miss the gate in simulation:\n" + "\n".join(summary["missed_at_tolerance"])
-                + ("\ntry " + (f"--fit-minutes {2 * fit_minutes:g}, " if summary["stopped"].startswith("time") else "")
+                + ("\ntry " + (f"--fit-minutes {2 * fit_minutes:g}, " if fit_minutes and summary["stopped"].startswith("time") else "")
                    + "--recipe int8-smooth or int8-block32, --precision fp16, or a looser tolerance"))
         held = measure(references["held_out"], simulated_rewards(prm, held_enc, formats),
                        [t.id for t in cal.held_out])
@@ -194,9 +194,10 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
                  max_length: int | None = None, calibration: str | None = None,
                  tolerance: dict | None = None, revision: str | None = None,
                  notice: str | None = None, source_id: str | None = None, log=_log, progress=_progress,
-                 calibration_only: bool = False, fit_minutes: float = DEFAULT_FIT_MINUTES) -> dict:
+                 calibration_only: bool = False, fit_minutes: float | None = DEFAULT_FIT_MINUTES) -> dict:
     """Export ``source`` to ``out``; returns the manifest written. Raises ValidationError on a miss.
-    ``fit_minutes``: how long an INT8 fit may promote linears before the export stops with the reason."""
+    ``fit_minutes``: how long an INT8 fit may promote linears before the export stops with the reason
+    (None: no limit; the budget is checked between rounds, so a round under way finishes)."""
     rec = get_recipe(precision, recipe)
     tol = replace(rec.tolerance, **{k: v for k, v in (tolerance or {}).items() if v is not None})
     out = Path(out)

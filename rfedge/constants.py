@@ -35,4 +35,5 @@ TORCH_DEVICES = ("cpu", "cuda")  # where the export tooling runs torch models
 # Scoring defaults (Scorer.load and rfedge score)
 DEFAULT_ALPHA = 1.0
 DEFAULT_BATCH_SIZE = 8
-DEFAULT_BATCH_TOKENS = 2048  # tokens a batch may hold, past included: on CPUs more only costs memory traffic
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}  # padded tokens a batch may hold, past included, by device:
+# on CPUs larger batches only cost memory traffic (bench/incremental.py); GPUs need them to fill

@@ -98,17 +98,21 @@ class Engine:
         return TokenRewards.join(parts)
 
     def _shared_prefixes(self, jobs: list[_Job]) -> list[_Job]:
-        """The deepest prefix (whole blocks) each sequence shares with another one, once each,
-        unless already cached: run first, they make every sequence that shares them a cache hit."""
+        """Every prefix (whole blocks) that two or more sequences share, once each, at each depth
+        where fewer sequences go on sharing (a root all candidates share, then the deeper prefixes
+        of the groups that branch from it), unless already cached: run first, shortest first
+        (:func:`_waves`), they make every sequence that shares them a cache hit."""
         counts = Counter(k for job in jobs for k in job.keys)
         prefixes: dict[bytes, _Job] = {}
         for job in jobs:
-            depth = 0
-            while depth < len(job.keys) and counts[job.keys[depth]] >= 2:
-                depth += 1
-            key = job.keys[depth - 1] if depth else None
-            if key is not None and key not in prefixes and not self.cache.contains(key):
-                prefixes[key] = _Job(job.ids[:depth * BLOCK_TOKENS], job.keys[:depth])
+            for depth in range(1, len(job.keys) + 1):
+                shared = counts[job.keys[depth - 1]]
+                if shared < 2:
+                    break
+                key = job.keys[depth - 1]
+                ends = depth == len(job.keys) or counts[job.keys[depth]] < shared
+                if ends and key not in prefixes and not self.cache.contains(key):
+                    prefixes[key] = _Job(job.ids[:depth * BLOCK_TOKENS], job.keys[:depth])
         return list(prefixes.values())
 
     def _run(self, jobs: list[_Job]) -> None:

@@ -221,3 +221,21 @@ def test_nested_shared_prefixes_run_once_each(tmp_path):
     waves = _waves([deep, unrelated, short])
     assert [[len(j.keys) for j in w] for w in waves] == [[2, 3], [3]]
     assert waves[0][1] is unrelated and waves[1][0] is deep
+
+
+def test_a_root_shared_by_branching_groups_runs_once():
+    """Four candidates share 2 blocks, then two pairs share a third block each: the root is its own
+    prefix, run before the two pairs' prefixes (which then run only their third block)."""
+    from rfedge.engine import Engine, _Job, _waves
+    from rfedge.kvcache import BLOCK_TOKENS, PrefixCache, chain_keys
+
+    seqs = []
+    for pair in range(2):
+        for member in range(2):
+            ids = np.arange(5 * BLOCK_TOKENS, dtype=np.int64)
+            ids[2 * BLOCK_TOKENS:] += 1000 * (pair + 1)  # the pairs differ from block 2 on
+            ids[3 * BLOCK_TOKENS:] += 100 * (member + 1)  # the members from block 3 on
+            seqs.append(ids)
+    engine = Engine(None, None, PrefixCache(1 << 20), 8, 2048, 2048, 0)
+    prefixes = engine._shared_prefixes([_Job(ids, chain_keys(ids)) for ids in seqs])
+    assert [[len(p.keys) for p in wave] for wave in _waves(prefixes)] == [[2], [3, 3]]

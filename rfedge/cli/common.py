@@ -71,8 +71,10 @@ def scorer_options(fn):
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                      help="auto uses CUDA when onnxruntime-gpu sees a GPU."),
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True),
-        click.option("--batch-tokens", type=click.IntRange(min=1), default=DEFAULT_BATCH_TOKENS, show_default=True,
-                     help="Padded tokens per batch at most (bounds memory); a single trace always fits."),
+        click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
+                     help="Padded tokens per batch at most, past included (bounds memory); a single trace always "
+                          f"fits. Default: {DEFAULT_BATCH_TOKENS['cpu']} on the CPU, {DEFAULT_BATCH_TOKENS['cuda']} "
+                          "on CUDA."),
         click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
                      help="score = mean step reward + alpha x trajectory reward."),
         click.option("--threads", type=click.IntRange(min=0), default=0, help="Intra-op threads (0: all cores)."),
