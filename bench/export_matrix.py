@@ -24,6 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from speed import build_checkpoint, run_process, save  # noqa: E402
 
+from rfedge_export.quantize.formats import FORMATS, ORDER  # noqa: E402
+
 CASES = "4:0,4:1,6:0,6:1,8:0,8:1,28:0"
 
 
@@ -43,8 +45,7 @@ def export_case(work: Path, layers: int, seed: int) -> dict:
     if code == 0 and manifest.is_file():
         m = json.loads(manifest.read_text())
         q, v = m["quantization"], m["validation"]
-        row.update({"formats": {**dict.fromkeys(("int8-7bit", "int8-8bit", "int8-g32"), 0), **q["matmuls"],
-                                "fp32": len(q["kept_fp32"])},
+        row.update({"formats": {**dict.fromkeys(FORMATS, 0), **q["matmuls"], "fp32": len(q["kept_fp32"])},
                     "held_out": {k: v["held_out"][k] for k in ("max_abs_step", "max_abs_trajectory",
                                                                "spearman_trajectory")},
                     "fit": {k: v["fit"][k] for k in ("max_abs_step", "max_abs_trajectory", "spearman_trajectory")},
@@ -72,7 +73,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         f = r.get("formats") or {}
-        counts = "/".join(str(f.get(k, "-")) for k in ("int8-7bit", "int8-8bit", "int8-g32", "fp32")) if f else "-"
+        counts = "/".join(str(f.get(k, "-")) for k in ORDER) if f else "-"
         h = r.get("held_out")
         held = f"{h['max_abs_step']:.3f} / {h['max_abs_trajectory']:.3f} / {h['spearman_trajectory']:.3f}" if h else "-"
         result = "passed" if r["exit"] == 0 else f"exit {r['exit']}: {r['last_lines'][-1][:120] if r['last_lines'] else ''}"

@@ -37,12 +37,18 @@ def words(rng: random.Random, tokens: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(tokens))
 
 
-def text_of(model: str, rng: random.Random, tokens: int) -> str:
-    """Words that are ``tokens`` tokens long by the model's own tokenizer (give or take a merge)."""
-    from tokenizers import Tokenizer
+def trace_tokenizer(model: str):
+    """The export's own tokenizer, without loading its graph."""
+    from rfedge.tokenization import TraceTokenizer
 
-    tk = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
-    count = lambda t: len(tk.encode(t, add_special_tokens=False).ids)  # noqa: E731
+    return TraceTokenizer(Path(model) / "tokenizer.json")
+
+
+def text_of(tokenizer, rng: random.Random, tokens: int) -> str:
+    """Words that are ``tokens`` tokens long by ``tokenizer`` (give or take a merge)."""
+    from rfedge.traces import Trace
+
+    count = lambda t: tokenizer.encode(Trace("", t)).total  # noqa: E731
     text = words(rng, tokens)
     while count(text) > tokens:
         text = text.rsplit(" ", 1)[0]
@@ -72,8 +78,9 @@ def steps_scenario(model: str, prompt_tokens: int, n_steps: int, step_tokens: in
     from rfedge.traces import Trace
 
     rng = random.Random(1)
-    problem = text_of(model, rng, prompt_tokens)
-    steps = [text_of(model, rng, step_tokens) for _ in range(n_steps)]
+    tokenizer = trace_tokenizer(model)
+    problem = text_of(tokenizer, rng, prompt_tokens)
+    steps = [text_of(tokenizer, rng, step_tokens) for _ in range(n_steps)]
     partial = [Trace(problem, "<think>\n" + "\n\n".join(steps[:k])) for k in range(1, n_steps + 1)]
     out = {}
     for name, cache in (("cached", None), ("no cache", 0)):
@@ -93,16 +100,16 @@ def best_of_n_scenario(model: str, prompt_tokens: int, n: int, continuation_toke
     from rfedge.traces import Trace
 
     rng = random.Random(2)
-    sizer = Scorer.load(model, device="cpu", cache_bytes=0)
-    problem = text_of(model, rng, prompt_tokens)
-    candidates = [text_of(model, rng, continuation_tokens) for _ in range(n)]
+    tokenizer = trace_tokenizer(model)
+    problem = text_of(tokenizer, rng, prompt_tokens)
+    candidates = [text_of(tokenizer, rng, continuation_tokens) for _ in range(n)]
     out = {}
     for name, cache in (("cached", None), ("no cache", 0)):
         scorer = Scorer.load(model, device="cpu", **({} if cache is None else {"cache_bytes": cache}))
         scorer.score(Trace("warm", "up"))
         out[name] = _timed(lambda s=scorer: s.best_of_n(problem, candidates))
         out[f"{name} stats"] = scorer.cache_stats()
-    out["tokens"] = reuse_tokens([sizer.tokenizer.encode(Trace(problem, c)).ids for c in candidates])
+    out["tokens"] = reuse_tokens([tokenizer.encode(Trace(problem, c)).ids for c in candidates])
     return out
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rfedge import __version__
-from rfedge.constants import BUILT_FOR, GRAPH_FILE, MANIFEST_NAME, PAD_TOKEN_ID, TOKENIZER_FILE
+from rfedge.constants import BUILT_FOR, DEFAULT_FIT_MINUTES, GRAPH_FILE, MANIFEST_NAME, PAD_TOKEN_ID, TOKENIZER_FILE
 from rfedge.errors import ModelFilesError, UsageError, ValidationError
 from rfedge.interface import CacheShape, cached_io
 from rfedge.manifest import manifest_body, parse_manifest, write_manifest
@@ -35,7 +35,6 @@ from .quantize.recipes import Recipe, get_recipe
 from .validate import graph_rewards, measure, misses, reference_rewards, validate
 
 DEFAULT_MAX_LENGTH = 32768  # capped by the checkpoint's max_position_embeddings
-DEFAULT_FIT_MINUTES = 15.0  # an INT8 fit promotes linears this long at most, then stops with the reason
 MAX_REBUILDS = 2  # rounds that promote more linears when the written graph drifts from the simulation
 
 
@@ -74,12 +73,12 @@ def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, l
                                        {**formats, EMBEDDING: INT8_BLOCKS}, errors, tol, log,
                                        seconds=None if fit_minutes is None else fit_minutes * 60)
         if summary["missed_at_tolerance"]:
+            longer = f"--fit-minutes {2 * fit_minutes:g}, " if fit_minutes and summary["stopped"].startswith("time") else ""
             raise ValidationError(
                 f"export stopped before writing a graph: the fit stopped ({summary['stopped']}, "
                 f"{len(summary['rounds'])} rounds, linears {summary['rounds'][-1]['formats']}) while the fit traces "
                 "still miss the gate in simulation:\n" + "\n".join(summary["missed_at_tolerance"])
-                + ("\ntry " + (f"--fit-minutes {2 * fit_minutes:g}, " if fit_minutes and summary["stopped"].startswith("time") else "")
-                   + "--recipe int8-smooth or int8-block32, --precision fp16, or a looser tolerance"))
+                + f"\ntry {longer}--recipe int8-smooth or int8-block32, --precision fp16, or a looser tolerance")
         held = measure(references["held_out"], simulated_rewards(prm, held_enc, formats),
                        [t.id for t in cal.held_out])
     missed = misses(tol, held, "held_out (simulated): ")

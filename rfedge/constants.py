@@ -31,6 +31,7 @@ WHY_NOT_CUDA = {"fp32": "its float32 GroupQueryAttention has no CUDA kernel",
                 "int8": "its MatMulIntegerToFloat and float32 attention have no CUDA kernels",
                 "int4": "its float32 attention has no CUDA kernel"}
 TORCH_DEVICES = ("cpu", "cuda")  # where the export tooling runs torch models
+DEFAULT_FIT_MINUTES = 15.0  # an INT8 export's fit promotes linears this long at most, then stops with the reason
 
 # Scoring defaults (Scorer.load and rfedge score)
 DEFAULT_ALPHA = 1.0

@@ -55,17 +55,13 @@ class _Job:
 
 
 def _waves(prefixes: list[_Job]) -> list[list[_Job]]:
-    """Shared prefixes in rounds: a prefix runs after every other one it extends (a candidate whose
-    last shared block tokenized differently shares a shorter prefix with the rest), so it finds
-    those blocks cached and runs only its own."""
-    waves, left = [], sorted(prefixes, key=lambda p: len(p.keys))
-    while left:
-        ends = {p.keys[-1] for p in left}
-        wave = [p for p in left if not ends.intersection(p.keys[:-1])]
-        waves.append(wave)
-        taken = {id(p) for p in wave}
-        left = [p for p in left if id(p) not in taken]
-    return waves
+    """Shared prefixes in rounds: a prefix runs after every other one it extends (its round is how
+    many of them its chain holds), so it finds those blocks cached and runs only its own."""
+    ends = {p.keys[-1] for p in prefixes}
+    waves: dict[int, list[_Job]] = {}
+    for p in sorted(prefixes, key=lambda p: len(p.keys)):
+        waves.setdefault(len(ends.intersection(p.keys[:-1])), []).append(p)
+    return [waves[n] for n in sorted(waves)]
 
 
 class Engine:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..constants import DEFAULT_ALPHA, PRECISIONS, TORCH_DEVICES
+from ..constants import DEFAULT_ALPHA, DEFAULT_FIT_MINUTES, PRECISIONS, TORCH_DEVICES
 from .common import export_extra, reports_errors
 
 
@@ -30,9 +30,8 @@ from .common import export_extra, reports_errors
 @click.option("--max-step-delta", type=float, default=None, help="Override the step-reward tolerance.")
 @click.option("--max-trajectory-delta", type=float, default=None, help="Override the trajectory tolerance.")
 @click.option("--min-spearman", type=float, default=None, help="Override the trajectory Spearman bound.")
-@click.option("--fit-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="How long an INT8 fit may promote linears before the export stops with the reason "
-                   "(default: 15).")
+@click.option("--fit-minutes", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_FIT_MINUTES,
+              show_default=True, help="How long an INT8 fit may promote linears before the export stops with the reason.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--notice", default=None, hidden=True, help="A line shown whenever the model is used.")
 @reports_errors
@@ -54,7 +53,7 @@ def export(source, out, precision, int8, recipe, max_length, calibration, calibr
         source, target, precision=precision, recipe=recipe, max_length=max_length,
         calibration=calibration, calibration_only=calibration_only, revision=revision, notice=notice,
         tolerance={"max_abs_step": max_step_delta, "max_abs_trajectory": max_trajectory_delta,
-                   "min_spearman": min_spearman}, **({} if fit_minutes is None else {"fit_minutes": fit_minutes}))
+                   "min_spearman": min_spearman}, fit_minutes=fit_minutes)
     click.echo(json.dumps({"out": str(target), "precision": manifest["precision"],
                            "validation": manifest["validation"]}, indent=2))
 
