@@ -97,6 +97,8 @@ def main():
     ap.add_argument("--mixed-max-T", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="4 layers, T = 512 and 2048, 2 reps, 4 mixed")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
+                    help="another rfedge export to run side by side (e.g. an earlier release's), repeatable")
     ap.add_argument("--work", default=str(HERE / ".work"))
     ap.add_argument("--out", default=str(HERE / "results" / "speed.json"))
     a = ap.parse_args()
@@ -131,6 +133,11 @@ def main():
         models[f"rfedge-{prec}"] = str(out)
         print(f"export {prec}: {wall:.0f} s, peak RSS {peak:.2f} GB, {size:.2f} GB on disk", file=sys.stderr)
         save(a.out, results)
+    for extra in a.extra:
+        name, _, path = extra.partition("=")
+        models[f"rfedge-{name}"] = path
+        results["exports"][name] = {"path": path, "size_gb": sum(p.stat().st_size for p in Path(path).iterdir()
+                                                                 if p.is_file()) / 1e9}
     for T in lengths:
         out, _, _ = run_measured([sys.executable, str(HERE / "_worker.py"), "--backend", "ceiling", "--T", str(T)])
         c = results["ceiling"][T] = json.loads(out.strip().splitlines()[-1])
@@ -206,6 +213,9 @@ def report(results: dict, layers: int) -> None:
     print("\n| export | seconds | peak RSS GB | size GB | linears by format | max abs step delta (random weights) |")
     print("|---|---|---|---|---|---|")
     for p, e in results["exports"].items():
+        if "recipe" not in e:  # an --extra export: made elsewhere
+            print(f"| {p} ({e['path']}) | - | - | {e['size_gb']:.2f} | - | - |")
+            continue
         print(f"| {p} ({e['recipe']}) | {e['seconds']:.0f} | {e['peak_rss_gb']:.2f} | {e['size_gb']:.2f} | "
               f"{e.get('formats', '-')} | {e['validation']['max_abs_step']:.3g} |")
 

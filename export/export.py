@@ -31,7 +31,7 @@ from .onnx.pooled import PooledPRM
 from .onnx.to_onnx import export_onnx
 from .progress import log as _log
 from .progress import progress as _progress
-from .quantize.recipes import Recipe, get_recipe
+from .quantize.recipes import Recipe, recipes_to_fit
 from .validate import graph_rewards, measure, misses, reference_rewards, validate
 
 DEFAULT_MAX_LENGTH = 32768  # capped by the checkpoint's max_position_embeddings
@@ -52,11 +52,12 @@ def _encode(tokenizer, traces) -> list:
     return [(e.ids, e.step_tokens[e.step_tokens < len(e.ids)]) for e in map(tokenizer.encode, traces)]
 
 
-def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, log, fit_minutes: float | None) -> Fit:
-    """Rotate, smooth and fit ``prm`` in place; stop here if the fit traces (when the fit ran out of
-    time) or the held-out traces already miss the tolerance in simulation."""
-    from .quantize.embedding import EMBEDDING, INT8_BLOCKS
-    from .quantize.fitting import fit_formats, in_features_of, simulated_rewards
+OTHER_RECIPES = ("int8-smooth", "int8-block32")  # what a stopped INT8 fit suggests (those not fitted already)
+
+
+def _prepare(prm, fit_enc, rec: Recipe, log) -> tuple:
+    """Rotate and smooth ``prm`` in place (both deterministic: the same weights give the same model);
+    (rotation, smoothing summary, formats, errors) of the sensitivity search."""
     from .quantize.rotation import online, rotate
     from .quantize.smoothing import ALPHAS, smooth_and_select
 
@@ -64,11 +65,24 @@ def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, l
     if rotation:
         log(f"      rotated: {rotation['residual']} residual, online Hadamard blocks of "
             f"{rotation['down_proj_online_hadamard_block']} before down_proj")
-    fit_enc, held_enc = _encode(tokenizer, cal.fit), _encode(tokenizer, cal.held_out)
     with online(prm.body):
         log("      searching SmoothQuant scales and weight formats per linear on the fit traces' activations")
-        smoothing, formats, errors = smooth_and_select(prm.body, [ids for ids, _ in fit_enc], rec.fast_error,
-                                                       rec.max_error, ALPHAS if rec.smooth else (None,))
+        return (rotation, *smooth_and_select(prm.body, [ids for ids, _ in fit_enc], rec.fast_error, rec.max_error,
+                                             ALPHAS if rec.smooth else (None,)))
+
+
+def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, log, fit_minutes: float | None,
+         fitted: tuple[str, ...] = ()) -> Fit:
+    """Rotate, smooth and fit ``prm`` in place; stop here if the fit traces (when the fit ran out of
+    time) or the held-out traces already miss the tolerance in simulation. ``fitted``: the recipes
+    this export fits in turn (not suggested again)."""
+    from .quantize.embedding import EMBEDDING, INT8_BLOCKS
+    from .quantize.fitting import fit_formats, in_features_of, simulated_rewards
+    from .quantize.rotation import online
+
+    fit_enc, held_enc = _encode(tokenizer, cal.fit), _encode(tokenizer, cal.held_out)
+    rotation, smoothing, formats, errors = _prepare(prm, fit_enc, rec, log)
+    with online(prm.body):
         formats, summary = fit_formats(prm, references["fit"], fit_enc, [t.id for t in cal.fit],
                                        {**formats, EMBEDDING: INT8_BLOCKS}, errors, tol, log,
                                        seconds=None if fit_minutes is None else fit_minutes * 60)
@@ -78,7 +92,8 @@ def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, l
                 f"export stopped before writing a graph: the fit stopped ({summary['stopped']}, "
                 f"{len(summary['rounds'])} rounds, linears {summary['rounds'][-1]['formats']}) while the fit traces "
                 "still miss the gate in simulation:\n" + "\n".join(summary["missed_at_tolerance"])
-                + f"\ntry {longer}--recipe int8-smooth or int8-block32, --precision fp16, or a looser tolerance")
+                + f"\ntry {longer}--recipe {' or '.join(r for r in OTHER_RECIPES if r not in fitted)}, "
+                "--precision fp16, or a looser tolerance")
         held = measure(references["held_out"], simulated_rewards(prm, held_enc, formats),
                        [t.id for t in cal.held_out])
     missed = misses(tol, held, "held_out (simulated): ")
@@ -89,6 +104,55 @@ def _fit(prm, tokenizer, cal: Calibration, references: dict, rec: Recipe, tol, l
             + "\ntry --recipe int8-block32 or --precision fp16, or --calibration with traces like yours")
     return Fit(formats, errors, in_features_of(prm, formats),
                {"rotation": rotation, "smoothing": smoothing, "fit": summary, "held_out_simulated": asdict(held)})
+
+
+def _outcome(fit: Fit | ValidationError) -> tuple[int, str]:
+    """(rank, words) of one recipe's fit: fewer fp32 linears ranks better, a stopped fit last."""
+    if isinstance(fit, ValidationError):
+        return 10**9, "stopped: " + str(fit).splitlines()[0].removeprefix(
+            "export stopped before writing a graph: ").rstrip(":")
+    kept = sum(1 for v in fit.formats.values() if v == "fp32")
+    return kept, f"kept {kept} linear{'s' * (kept != 1)} fp32"
+
+
+def _fit_recipes(held: list, load, tokenizer, cal: Calibration, references: dict, recipes: list[Recipe], tol, log,
+                 fit_minutes: float | None) -> tuple:
+    """Fit the recipes in turn, each from the source's weights (``load()``; a fit changes them in
+    place), until one keeps no linear fp32; returns (prm, recipe, fit) of the best (the later one on
+    a tie), with what each one did in ``fit.summary["tried"]``. If none gets a fit, the first one's
+    error is raised. ``held``: [the loaded model], handed over (one model in memory at a time)."""
+    prm, results, names = held.pop(), [], tuple(r.name for r in recipes)
+    for i, rec in enumerate(recipes):
+        if i:
+            log(f"      {recipes[i - 1].name}: {_outcome(results[-1])[1]}; fitting {rec.name} instead "
+                "(from the source's weights)")
+            del prm  # freed before the source's weights load again: two fp32 models would not fit the budget
+            gc.collect()
+            prm = load()
+        try:
+            results.append(_fit(prm, tokenizer, cal, references, rec, tol, log, fit_minutes, names))
+        except ValidationError as e:
+            results.append(e.with_traceback(None))  # its frames hold the model
+        if _outcome(results[-1])[0] == 0:
+            break
+    best = min(range(len(results)), key=lambda j: (_outcome(results[j])[0], -j))
+    if isinstance(results[best], ValidationError):
+        lines = str(results[0]).splitlines()
+        at = len(lines) - 1 if lines[-1].startswith("try ") else len(lines)  # the hint stays last
+        lines[at:at] = [f"{r.name}, fitted next, {_outcome(e)[1]}" for r, e in zip(recipes[1:], results[1:], strict=True)]
+        raise ValidationError("\n".join(lines)) from None
+    if best != len(results) - 1:  # the weights hold a later recipe's changes: rotate and smooth them again
+        log(f"      {recipes[-1].name}: {_outcome(results[-1])[1]}; back to {recipes[best].name} "
+            "(its fitted formats, on the source's weights rotated and smoothed again)")
+        del prm
+        gc.collect()
+        prm = load()
+        _prepare(prm, _encode(tokenizer, cal.fit), recipes[best], log)
+    fit = results[best]
+    if len(recipes) > 1:
+        fit.summary["tried"] = [{"recipe": r.name, "result": _outcome(f)[1]}
+                                for r, f in zip(recipes[:len(results)], results, strict=True)]
+    return prm, recipes[best], fit
 
 
 def _max_length(cfg: dict, requested: int | None, config_path: Path) -> int:
@@ -197,7 +261,8 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
     """Export ``source`` to ``out``; returns the manifest written. Raises ValidationError on a miss.
     ``fit_minutes``: how long an INT8 fit may promote linears before the export stops with the reason
     (None: no limit; the budget is checked between rounds, so a round under way finishes)."""
-    rec = get_recipe(precision, recipe)
+    recipes = recipes_to_fit(precision, recipe)
+    rec = recipes[0]
     tol = replace(rec.tolerance, **{k: v for k, v in (tolerance or {}).items() if v is not None})
     out = Path(out)
     check_out(out)
@@ -215,7 +280,12 @@ def export_model(source: str, out: Path, precision: str = "int8", recipe: str | 
         "calibration traces")
     references = {"fit": reference_rewards(prm, tokenizer, cal.fit, progress),
                   "held_out": reference_rewards(prm, tokenizer, cal.held_out, progress)}
-    fit = _fit(prm, tokenizer, cal, references, rec, tol, log, fit_minutes) if rec.fitted else None
+    fit = None
+    if rec.fitted:
+        held = [prm]
+        del prm  # _fit_recipes owns the model now: it frees it before loading the source's weights again
+        prm, rec, fit = _fit_recipes(held, lambda: load_scalar_prm(src), tokenizer, cal, references,
+                                     [r for r in recipes if r.fitted], tol, log, fit_minutes)
     module = PooledPRM(prm.body, prm.head, prm.step_head).eval()
     cache, has_step_head = CacheShape(len(module.layers), module.n_kv, module.head_dim), prm.step_head is not None
     del prm

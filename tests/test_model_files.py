@@ -150,7 +150,10 @@ def test_failed_validation_leaves_nothing_to_score(scalar_ckpt, tmp_path):
     lines = str(e.value).splitlines()
     assert lines[0].startswith("export stopped before writing a graph: the fit stopped (nothing left to promote, ")
     assert lines[1].startswith("- step_rewards max |delta|: ") and ", bound <= 1e-09 (trace " in lines[1]
-    assert lines[-1] == "try --recipe int8-smooth or int8-block32, --precision fp16, or a looser tolerance"
+    # the default recipe's fallback was fitted too, and is not suggested again
+    assert lines[-2].startswith("int8-smooth, fitted next, stopped: the fit stopped (nothing left to promote, ")
+    assert lines[-2].endswith(") while the fit traces still miss the gate in simulation")
+    assert lines[-1] == "try --recipe int8-block32, --precision fp16, or a looser tolerance"
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []
 

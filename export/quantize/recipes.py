@@ -40,6 +40,9 @@ class Recipe:
     smooth: bool = False  # search and fold SmoothQuant scales into the weights before export
     rotate: bool = False  # fold a Hadamard rotation of the residual stream in first (quantize.rotation)
     token_independent: bool = True  # a token's numbers do not depend on the other tokens of a call
+    # a recipe fitted next, from the source's weights again, when this one (chosen by default, not
+    # named with --recipe) keeps fp32 linears or stops: the export keeps the better of the two
+    fallback: str | None = None
     fast_error: float = 0.03  # simulated error bound for 7-bit weights (the fast kernel)
     max_error: float = 0.05  # ... for the finer integer formats; a linear above all of them stays fp32
 
@@ -113,7 +116,7 @@ def _int8_formats(src: Path, dst: Path, formats=None) -> dict:
     return {"method": "per-linear formats: MatMulIntegerToFloat with per-token int8 activations, or "
                       "MatMulNBits with int8 activations per token and block of 32", "matmuls": counts,
             "weights": "7-bit per output channel (no int16 saturation on non-VNNI CPUs), 8-bit per output "
-                       "channel (uint8 x uint8), or 8-bit per block of 32; see quantize.formats",
+                       "channel (run as two 7-bit halves), or 8-bit per block of 32; see quantize.formats",
             "kept_fp32": sorted(k for k, v in formats.items() if v == "fp32"),
             "embedding": embedding, "heads": "fp32"}
 
@@ -140,7 +143,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("int8-rotate", "int8", "Hadamard rotation of the residual stream and of down_proj's input (QuaRot) "
            "and SmoothQuant folded into the weights, then INT8 with per-token activation scales, each linear's "
            "weight format (7-bit, 8-bit, 8-bit per block of 32) fitted to the tolerance; int8 embedding, fp32 heads",
-           _int8_formats, INT8, smooth=True, rotate=True),
+           _int8_formats, INT8, smooth=True, rotate=True, fallback="int8-smooth"),
     Recipe("int8-smooth", "int8", "SmoothQuant folded into the weights (no rotation), then the same formats "
            "and fit as int8-rotate", _int8_formats, INT8, smooth=True),
     Recipe("int8-block32", "int8", "MatMulNBits 8-bit weights, block 32, int8 compute per block; "
@@ -152,6 +155,14 @@ RECIPES: tuple[Recipe, ...] = (
            _nbits(4, 32, 4), Tolerance(0.1, 0.1, 0.9, 2e-3)),
 )
 DEFAULT_RECIPE = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-rotate", "int4": "int4-block32"}
+
+
+def recipes_to_fit(precision: str, name: str | None = None) -> list[Recipe]:
+    """The recipe ``name`` alone, or the precision's default followed by its fallbacks."""
+    chain = [get_recipe(precision, name)]
+    while name is None and chain[-1].fallback:
+        chain.append(get_recipe(precision, chain[-1].fallback))
+    return chain
 
 
 def get_recipe(precision: str, name: str | None = None) -> Recipe:

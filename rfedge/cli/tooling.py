@@ -18,7 +18,8 @@ from .common import export_extra, reports_errors
               help="Output directory (default: $RFEDGE_HOME/models/<source>-<precision>).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--int8", "int8", is_flag=True, help="Shorthand for --precision int8.")
-@click.option("--recipe", default=None, help="Quantization recipe for the precision (see 'rfedge recipes').")
+@click.option("--recipe", default=None,
+              help="Quantization recipe for the precision (see 'rfedge recipes'); a named recipe has no fallback.")
 @click.option("--max-length", type=click.IntRange(min=1), default=None,
               help="Longest input in tokens (default: min(8192, max_position_embeddings)).")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -70,7 +71,9 @@ def recipes():
     quantize = export_extra("quantize.recipes")
     for r in quantize.RECIPES:
         default = " (default)" if quantize.DEFAULT_RECIPE[r.precision] == r.name else ""
-        click.echo(f"{r.name:14} {r.precision:5} {r.description}{default}")
+        fallback = (f"; by default, when it keeps fp32 linears or stops, {r.fallback} is fitted too and the better "
+                    "one kept" if r.fallback else "")
+        click.echo(f"{r.name:14} {r.precision:5} {r.description}{default}{fallback}")
 
 
 @click.command()
