@@ -31,6 +31,7 @@ from .onnx.pooled import PooledPRM
 from .onnx.to_onnx import export_onnx
 from .progress import log as _log
 from .progress import progress as _progress
+from .quantize.formats import FP32
 from .quantize.recipes import Recipe, recipes_to_fit
 from .validate import graph_rewards, measure, misses, reference_rewards, validate
 
@@ -111,7 +112,7 @@ def _outcome(fit: Fit | ValidationError) -> tuple[int, str]:
     if isinstance(fit, ValidationError):
         return 10**9, "stopped: " + str(fit).splitlines()[0].removeprefix(
             "export stopped before writing a graph: ").rstrip(":")
-    kept = sum(1 for v in fit.formats.values() if v == "fp32")
+    kept = sum(1 for v in fit.formats.values() if v == FP32)
     return kept, f"kept {kept} linear{'s' * (kept != 1)} fp32"
 
 

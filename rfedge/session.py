@@ -80,7 +80,7 @@ class GraphSession:
         self.providers, self.notes = providers_for(device, ort.get_available_providers(), manifest)
         if self.providers[0] == "CPUExecutionProvider":
             # ONNX Runtime's CPU arena keeps the largest activations of any call for the session's life:
-            # at the 1.5B shape, T=2048, 2.8 GB resident instead of 1.9, and no faster (bench/README)
+            # at the 1.5B shape, T=2048, 2.8 GB resident instead of 1.9, and no faster (README, Performance)
             options.enable_cpu_mem_arena = False
         self.graph_path = manifest.graph_path
         check_external_data(manifest)  # before ONNX Runtime opens any file the graph names

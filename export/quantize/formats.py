@@ -64,13 +64,8 @@ class WeightFormat:
     def quantize_weight(self, w) -> "SimulatedWeight":
         """``w`` [N, K] (torch) as the graph stores it: int8 codes and fp32 scales, a quarter of fp32's
         memory; :meth:`SimulatedWeight.dequantized` gives exactly :meth:`simulate_weight`'s values."""
-        import torch
-
-        if self.block is None:
-            scale = torch.clamp(w.abs().amax(1, keepdim=True), min=1e-12) / self.qmax
-            return SimulatedWeight(torch.clamp(torch.round(w / scale), -self.qmax, self.qmax).to(torch.int8), scale,
-                                   tuple(w.shape))
-        return SimulatedWeight(*_block_codes(w, self.block, self.qmax), tuple(w.shape))
+        block = self.block or w.shape[-1]  # per output channel: each row one block
+        return SimulatedWeight(*_block_codes(w, block, self.qmax), tuple(w.shape))
 
     def simulate_input(self, x):
         """The activations the graph multiplies: int8 per token, or per token and block."""
@@ -88,8 +83,8 @@ class WeightFormat:
 class SimulatedWeight:
     """A linear's weights as a format stores them (int8 codes, fp32 scales per row or per block)."""
 
-    codes: object  # torch int8, [N, K] or [N, K/block, block]
-    scale: object  # torch fp32, [N, 1] or [N, K/block, 1]
+    codes: object  # torch int8, [N, K/block, block] (per channel: one block of K)
+    scale: object  # torch fp32, [N, K/block, 1]
     shape: tuple
 
     def dequantized(self):
