@@ -8,7 +8,7 @@ Side by side in one run, with the prefix cache (the Scorer's default) and withou
 - best-of-8: a 512-token shared prompt and 8 continuations of 1536 tokens in one ``score_many``;
 - beam: a beam search simulation, 4 beams x 16 steps, each beam forking into 2 candidates per
   step (8 partial traces scored per step, the best 4 kept);
-- long: one trace of T = 512 / 2048 / 8192 / 16384 / 32768 tokens (chunks of 2048), tokens/s and
+- long: one trace of T = 512 / 2048 / 8192 / 16384 / 32768 tokens (the Scorer's chunks), tokens/s and
   peak RSS, each T in its own process.
 
     python bench/incremental.py            # 28 layers (about an hour here, most of it the long traces)

@@ -11,7 +11,8 @@ JSON and a PNG of tokens/s against length.
 
 Backends: torch-fp32 (transformers eager fp32, as the ReasonFlux README runs it), torch-bf16,
 torch-bnb8 (bitsandbytes LLM.int8() linears; needs ``pip install bitsandbytes``), rfedge-fp32 and
-rfedge-int8 (the shipped recipe), each scoring step boundaries every 64 tokens plus the trajectory.
+rfedge-int8 (the shipped recipe), each scoring step boundaries every 64 tokens plus the trajectory;
+the rfedge rows run as ``Scorer`` does by default (chunks of 256 tokens on the CPU, ``--chunk-tokens``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="4 layers, T = 512 and 2048, 2 reps, 4 mixed")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
                     help="another rfedge export to run side by side (e.g. an earlier release's), repeatable")
+    ap.add_argument("--chunk-tokens", default="default", metavar="N,...",
+                    help="the rfedge rows' tokens per graph call: 'default' (the Scorer's, 256 on the CPU) and/or "
+                         "numbers, a row each (e.g. default,2048: chunked against one pass at T=2048)")
     ap.add_argument("--work", default=str(HERE / ".work"))
     ap.add_argument("--out", default=str(HERE / "results" / "speed.json"))
     a = ap.parse_args()
@@ -149,14 +153,17 @@ def main():
     slow = {"torch-bf16", "torch-bnb8"}
     plan = [(T, 0, b, str(ckpt)) for T in lengths for b in torch_backends
             if T <= (a.slow_max_T if b in slow else a.torch_max_T)]
+    chunks = [0 if c == "default" else int(c) for c in a.chunk_tokens.split(",")]
+    models = {name + (f"-chunk{c}" if c else ""): (path, c) for name, path in models.items() for c in chunks}
     plan += [(T, 0, name, path) for T in lengths for name, path in models.items()]
     if a.mixed:
         plan += [(a.mixed_max_T, a.mixed, b, p)
                  for b, p in [(b, str(ckpt)) for b in torch_backends if b not in slow] + list(models.items())]
     plan.sort(key=lambda x: (x[1], x[0]))
     for T, mixed, name, path in plan:
+        path, chunk = path if isinstance(path, tuple) else (path, 0)
         cmd = [sys.executable, str(HERE / "_worker.py"), "--backend", name, "--path", path, "--T", str(T),
-               "--reps", str(a.reps)]
+               "--reps", str(a.reps), "--chunk-tokens", str(chunk)]
         if mixed:
             cmd += ["--mixed", str(mixed), "--batch", "4"]
             cmd[cmd.index("--reps") + 1] = "1"  # thousands of tokens per run already

@@ -38,3 +38,6 @@ DEFAULT_ALPHA = 1.0
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}  # padded tokens a batch may hold, past included, by device:
 # on CPUs larger batches only cost memory traffic (bench/incremental.py); GPUs need them to fill
+DEFAULT_CHUNK_TOKENS = {"cpu": 256, "cuda": 2048}  # the most tokens one graph call runs, by device: on the CPU
+# chunks of 256 hold the activations of fewer tokens (1.5B shape, T=2048: peak RSS 2.41 -> 2.01 GB) at the same
+# speed as one pass (T=8192: chunks of 128 were 16% slower); bench/speed.py runs these defaults

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .batching import length_buckets, pad_right
-from .constants import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
+from .constants import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, DEFAULT_CHUNK_TOKENS
 from .engine import Engine
 from .errors import TraceFormatError, UsageError
 from .kvcache import PrefixCache
@@ -28,7 +28,6 @@ from .tokenization import Encoded, TraceTokenizer
 from .traces import Record, Trace, parse_trace
 
 DEFAULT_CACHE_BYTES = 512 << 20  # the prefix cache: 512 MiB of keys and values
-DEFAULT_CHUNK_TOKENS = 2048  # longer traces run chunk by chunk
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,13 @@ class Scorer:
     def __init__(self, manifest: Manifest, session: GraphSession, tokenizer: TraceTokenizer,
                  alpha: float = DEFAULT_ALPHA, batch_size: int = DEFAULT_BATCH_SIZE,
                  batch_tokens: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
+                 chunk_tokens: int | None = None):
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         if not math.isfinite(alpha):
             raise UsageError(f"alpha must be a finite number, got {alpha}")
+        if chunk_tokens is None:  # the device's default (constants.DEFAULT_CHUNK_TOKENS)
+            chunk_tokens = DEFAULT_CHUNK_TOKENS[session.device]
         if cache_bytes < 0 or chunk_tokens < 1:
             raise UsageError(f"cache_bytes must be >= 0 and chunk_tokens >= 1, got {cache_bytes} and {chunk_tokens}")
         self.manifest = manifest
@@ -98,10 +99,11 @@ class Scorer:
     def load(cls, directory: str | Path, device: str = "auto", alpha: float = DEFAULT_ALPHA,
              batch_size: int = DEFAULT_BATCH_SIZE, batch_tokens: int | None = None,
              threads: int = 0, cache_bytes: int = DEFAULT_CACHE_BYTES,
-             chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> "Scorer":
+             chunk_tokens: int | None = None) -> "Scorer":
         """Verify ``directory`` (``~`` expanded) and build a scorer. ``batch_tokens``: padded tokens
         a batch may hold (None: 2048 on the CPU, 16384 on CUDA); ``cache_bytes``: the prefix
-        cache's budget (0 turns prefix reuse off); ``chunk_tokens``: longer traces run in chunks."""
+        cache's budget (0 turns prefix reuse off); ``chunk_tokens``: longer traces run in chunks of this
+        many tokens (None: 256 on the CPU, 2048 on CUDA)."""
         return cls.from_manifest(load_manifest(directory), device, threads, alpha=alpha, batch_size=batch_size,
                                  batch_tokens=batch_tokens, cache_bytes=cache_bytes, chunk_tokens=chunk_tokens)
 

@@ -117,6 +117,23 @@ def test_graph_has_no_hidden_state_output(fp32_export):
     assert outs["present.0.key"][1:2] + outs["present.0.key"][3:] == [2, 16]  # [B, kv_heads, C, head_dim]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_every_rms_norm_runs_as_one_fused_kernel(precision, request, tmp_path):
+    """ONNX Runtime fuses each RMSNorm (2 per layer + the final one) into SimplifiedLayerNormalization:
+    as Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul they cost 4% of an INT8 run at the 1.5B shape."""
+    import onnx
+    import onnxruntime as ort
+
+    out = request.getfixturevalue(f"{precision}_export")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False).graph.node]
+    assert ops.count("SimplifiedLayerNormalization") == 2 * 2 + 1
+    assert "Reciprocal" not in ops and "Sqrt" not in ops
+
+
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
 def test_quantized_within_tolerance(precision, scalar_prm, request):
     out = request.getfixturevalue(f"{precision}_export")

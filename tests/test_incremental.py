@@ -151,6 +151,20 @@ def test_long_trace_past_max_length_in_chunks(fp32_export, scalar_prm):
     _close(one, result, 1e-5)
 
 
+def test_the_cpu_default_runs_long_traces_in_chunks_of_256(fp32_export):
+    """On the CPU a trace longer than 256 tokens runs in graph calls of at most 256 (the default,
+    constants.DEFAULT_CHUNK_TOKENS: fewer activations alive at once), with the one-pass rewards."""
+    scorer = Scorer.load(fp32_export, device="cpu", cache_bytes=0)
+    seen = []
+    run = scorer.session.run_cached
+    scorer.session.run_cached = lambda ids, m, p, kv: seen.append(ids.shape[1]) or run(ids, m, p, kv)
+    long = Trace("Count.", "\n\n".join(f"step {i} " + "word " * 20 for i in range(18)))
+    result = scorer.score(long)
+    assert not result.truncated and sum(seen) == result.num_tokens > 256
+    assert seen[:-1] == [256] * (len(seen) - 1) and 0 < seen[-1] <= 256
+    _close(Scorer.load(fp32_export, device="cpu", cache_bytes=0, chunk_tokens=BIG).score(long), result, 1e-5)
+
+
 def test_windowed_tokenization_equals_whole(qwen_tokenizer, tmp_path):
     """Windows cut only where the pre-tokenizer splits: the ids are those of the whole text."""
     from rfedge.tokenization import TraceTokenizer, windows

@@ -24,8 +24,10 @@ from .attention import cached_gqa
 
 
 def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """RMSNorm as x / sqrt(mean(x^2) + eps) * w: the pattern ONNX Runtime fuses into one
+    SimplifiedLayerNormalization kernel (x * rsqrt(...) exports as Reciprocal + Mul, which it does not)."""
     var = x.pow(2).mean(-1, keepdim=True)
-    return norm.weight * (x * torch.rsqrt(var + norm.variance_epsilon))
+    return norm.weight * (x / torch.sqrt(var + norm.variance_epsilon))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
