@@ -18,10 +18,16 @@ import numpy as np
 STEP_EVERY = 64
 
 
-def sequences(T: int, mixed: int, seed: int = 0) -> list[np.ndarray]:
+def sequences(T: int, mixed: int, seed: int = 0, text_ids: np.ndarray | None = None) -> list[np.ndarray]:
+    """Token sequences: uniformly random ids, or consecutive slices of ``text_ids`` (a tokenized text,
+    repeated as needed). Speed does not depend on which; memory does: the int8 embedding's rows are
+    read in place from the mapped data file, and random ids touch pages all over the table."""
     rng = np.random.default_rng(seed)
     lengths = [T] if not mixed else sorted(rng.integers(256, T + 1, size=mixed).tolist())
-    return [rng.integers(100, 150000, size=n, dtype=np.int64) for n in lengths]
+    if text_ids is None:
+        return [rng.integers(100, 150000, size=n, dtype=np.int64) for n in lengths]
+    text = np.resize(text_ids.astype(np.int64), sum(lengths))
+    return np.split(text, np.cumsum(lengths)[:-1])
 
 
 def batches(seqs: list[np.ndarray], batch: int):
@@ -190,11 +196,12 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--chunk-tokens", type=int, default=0, help="rfedge: tokens per graph call (0: the Scorer's default)")
+    p.add_argument("--text-ids", default="", help="a .npy of token ids to slice the sequences from (default: random ids)")
     a = p.parse_args()
     if a.backend == "ceiling":
         print(json.dumps(ceiling(a.T, a.threads)))
         return
-    seqs = sequences(a.T, a.mixed)
+    seqs = sequences(a.T, a.mixed, text_ids=np.load(a.text_ids) if a.text_ids else None)
     try:
         if a.backend.startswith("torch-"):
             load, once = run_torch(a.path, seqs, a.batch, a.reps, a.threads, a.backend.split("-", 1)[1])

@@ -103,6 +103,10 @@ def main():
     ap.add_argument("--chunk-tokens", default="default", metavar="N,...",
                     help="the rfedge rows' tokens per graph call: 'default' (the Scorer's, 256 on the CPU) and/or "
                          "numbers, a row each (e.g. default,2048: chunked against one pass at T=2048)")
+    ap.add_argument("--ids", choices=("random", "text"), default="random",
+                    help="the sequences' token ids: uniformly random (the default) or this repository's README.md "
+                         "tokenized and repeated; tok/s does not depend on them, peak RSS does (the int8 "
+                         "embedding's pages are read in place, random ids touch the whole table)")
     ap.add_argument("--work", default=str(HERE / ".work"))
     ap.add_argument("--out", default=str(HERE / "results" / "speed.json"))
     a = ap.parse_args()
@@ -153,6 +157,8 @@ def main():
     slow = {"torch-bf16", "torch-bnb8"}
     plan = [(T, 0, b, str(ckpt)) for T in lengths for b in torch_backends
             if T <= (a.slow_max_T if b in slow else a.torch_max_T)]
+    text_ids = text_ids_args(work, models) if a.ids == "text" else []
+    results["ids"] = a.ids
     chunks = [0 if c == "default" else int(c) for c in a.chunk_tokens.split(",")]
     models = {name + (f"-chunk{c}" if c else ""): (path, c) for name, path in models.items() for c in chunks}
     plan += [(T, 0, name, path) for T in lengths for name, path in models.items()]
@@ -163,7 +169,7 @@ def main():
     for T, mixed, name, path in plan:
         path, chunk = path if isinstance(path, tuple) else (path, 0)
         cmd = [sys.executable, str(HERE / "_worker.py"), "--backend", name, "--path", path, "--T", str(T),
-               "--reps", str(a.reps), "--chunk-tokens", str(chunk)]
+               "--reps", str(a.reps), "--chunk-tokens", str(chunk), *text_ids]
         if mixed:
             cmd += ["--mixed", str(mixed), "--batch", "4"]
             cmd[cmd.index("--reps") + 1] = "1"  # thousands of tokens per run already
@@ -180,6 +186,17 @@ def main():
     report(results, a.layers)
     plot(results, Path(a.out).with_suffix(".png"))
     save(a.out, results)
+
+
+def text_ids_args(work: Path, models: dict) -> list[str]:
+    """The README in Qwen2.5 tokens for the workers (every export here carries the same tokenizer)."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    path = work / "text-ids.npy"
+    tokenizer = Tokenizer.from_file(str(Path(next(iter(models.values()))) / "tokenizer.json"))
+    np.save(path, np.array(tokenizer.encode((HERE.parent / "README.md").read_text()).ids, np.int64))
+    return ["--text-ids", str(path)]
 
 
 def _cpu_name() -> str:
