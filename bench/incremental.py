@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import build_checkpoint, run_measured, save  # noqa: E402
+from speed import build_checkpoint, cpu_name, run_measured, save  # noqa: E402
 
 WORDS = ("the", "value", "is", "then", "we", "add", "subtract", "so", "check", "step", "number", "result", "x",
          "equals", "because", "therefore", "12", "7", "=", "+", "-", "(", ")", "answer", "first", "next")
@@ -205,6 +205,9 @@ def main():
     results.update({"layers": a.layers, "model": model})
     for name in only:
         results[name] = scenarios[name]()
+        # --only merges into earlier results: each scenario says when and on what it ran
+        results.setdefault("ran", {})[name] = {"date": time.strftime("%Y-%m-%d"), "model": model,
+                                               "cpu": cpu_name()}
         print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
         save(a.out, results)
     report(results)

@@ -117,7 +117,7 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     ckpt = build_checkpoint(work / f"qwen2-1.5b-shape-{a.layers}l", a.layers)
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                           "cpu": _cpu_name()},
+                           "cpu": cpu_name()},
                "shape": dict(SHAPE_1_5B, num_hidden_layers=a.layers), "exports": {}, "ceiling": {}, "runs": []}
     models = {}
     for prec in a.precisions.split(","):
@@ -199,7 +199,7 @@ def text_ids_args(work: Path, models: dict) -> list[str]:
     return ["--text-ids", str(path)]
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:

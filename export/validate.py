@@ -11,6 +11,7 @@ trace in one pass and in three chunks over the K/V cache. A missed tolerance rai
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -141,10 +142,14 @@ def graph_rewards(scorer, traces) -> list[tuple[np.ndarray, float]]:
 
 
 def chunked_delta(scorer, traces) -> float:
-    """Max |delta| of per-token rewards, each trace in one pass vs in three chunks (cuts at 1/3, 2/3)."""
-    engine, worst = scorer.engine, 0.0
+    """Max |delta| of per-token rewards, each trace in one pass vs in three chunks (cuts at 1/3, 2/3).
+
+    On an engine of its own whose chunk holds a whole trace: the scorer's default chunks (256 tokens
+    on the CPU) would cut the "one pass" too."""
+    engine, worst = copy.copy(scorer.engine), 0.0
     for trace in traces:
         ids = scorer.tokenizer.encode(trace).ids
+        engine.chunk_tokens = max(len(ids), 1)
         _, whole = engine.start(ids, len(ids))
         kv, parts, start = KVBuffers(engine.shape, 1, len(ids)), [], 0
         for cut in (len(ids) // 3, 2 * len(ids) // 3, len(ids)):

@@ -165,6 +165,22 @@ def test_the_cpu_default_runs_long_traces_in_chunks_of_256(fp32_export):
     _close(Scorer.load(fp32_export, device="cpu", cache_bytes=0, chunk_tokens=BIG).score(long), result, 1e-5)
 
 
+def test_the_exports_chunk_check_compares_with_a_true_one_pass(fp32_export):
+    """validate.chunked_delta runs each trace once whole and once in three chunks, whatever the
+    scorer's own chunk size (the CPU default of 256 would cut the "one pass" too)."""
+    from rfedge_export.validate import chunked_delta
+
+    scorer = Scorer.load(fp32_export, device="cpu", cache_bytes=0)
+    seen = []
+    run = scorer.session.run_cached
+    scorer.session.run_cached = lambda ids, m, p, kv: seen.append(ids.shape[1]) or run(ids, m, p, kv)
+    long = Trace("Count.", "\n\n".join(f"step {i} " + "word " * 20 for i in range(18)))
+    n = len(scorer.tokenizer.encode(long).ids)
+    assert chunked_delta(scorer, [long]) <= 1e-5
+    assert n > 256 and seen == [n, n // 3, 2 * n // 3 - n // 3, n - 2 * n // 3]
+    assert scorer.engine.chunk_tokens == 256
+
+
 def test_windowed_tokenization_equals_whole(qwen_tokenizer, tmp_path):
     """Windows cut only where the pre-tokenizer splits: the ids are those of the whole text."""
     from rfedge.tokenization import TraceTokenizer, windows

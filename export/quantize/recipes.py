@@ -77,7 +77,8 @@ def _fp16(src: Path, dst: Path, formats=None) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     # Normalisation and softmax statistics stay fp32: squares of outlier activations overflow fp16.
-    blocked = ["Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Sigmoid"]
+    # Div is the norms' x / sqrt(...) (the graph's only Div), kept fp32 as the reciprocal was before.
+    blocked = ["Pow", "ReduceMean", "Sqrt", "Div", "Softmax", "Sigmoid"]
     model = convert_float_to_float16(_load(src), keep_io_types=True, op_block_list=blocked)
     _save(model, dst)
     return {"method": "float16", "kept_fp32_ops": blocked}
