@@ -111,9 +111,26 @@ def run_torch(ckpt: str, seqs, batch: int, reps: int, threads: int, kind: str):
     return load, once
 
 
+def best_time(model, feeds: dict, reps: int, threads: int) -> float:
+    """The best of ``reps`` runs of an ONNX model in ONNX Runtime's CPU provider, after one warm-up."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    s.run(None, feeds)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        s.run(None, feeds)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def ceiling(T: int, threads: int) -> dict:
     """Sustained GEMM rates at the 1.5B's layer shapes (M = T tokens), in ONNX Runtime, and GQA."""
-    import onnxruntime as ort
     from onnx import TensorProto as TP
     from onnx import helper as h
     from onnx import numpy_helper as nh
@@ -122,21 +139,6 @@ def ceiling(T: int, threads: int) -> dict:
     shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inter), (hidden, inter),
               (inter, hidden)]
     rng = np.random.default_rng(0)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-
-    def timed(model, feeds):
-        s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        s.run(None, feeds)
-        best = 1e9
-        for _ in range(3):
-            t = time.perf_counter()
-            s.run(None, feeds)
-            best = min(best, time.perf_counter() - t)
-        return best
-
     out = {"T": T, "gemm": {}}
     for kind in ("fp32", "int8"):
         total, ops = 0.0, 0
@@ -157,7 +159,7 @@ def ceiling(T: int, threads: int) -> dict:
                 yout = h.make_tensor_value_info("y", TP.INT32, None)
             g = h.make_graph(nodes, "g", [xin], [yout], inits)
             m = h.make_model(g, opset_imports=[h.make_opsetid("", 20)])
-            total += timed(m, feeds)
+            total += best_time(m, feeds, 3, threads)
             ops += 2 * T * K * N
         out["gemm"][kind] = {"seconds_per_layer": total, "gop_per_s": ops / total / 1e9}
     # causal GQA timed two ways, the ceiling takes the faster: as the graph calls it (past/present buffers of
@@ -180,7 +182,7 @@ def ceiling(T: int, threads: int) -> dict:
         g = h.make_graph([node], "g", inputs + [vi("sl", TP.INT32, [1]), vi("tl", TP.INT32, [])],
                          [vi(name, TP.FLOAT, None) for name in outs])
         m = h.make_model(g, opset_imports=[h.make_opsetid("", 20), h.make_opsetid("com.microsoft", 1)])
-        out[key] = timed(m, feeds)
+        out[key] = best_time(m, feeds, 3, threads)
     out["attention_seconds_per_layer"] = min(out["attention_with_past_seconds_per_layer"],
                                              out["attention_without_past_seconds_per_layer"])
     return out

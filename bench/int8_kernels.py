@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _worker import best_time  # noqa: E402
 from speed import save  # noqa: E402
 
 HIDDEN, INTER, KV = 1536, 8960, 256
@@ -121,23 +121,6 @@ def variant(model, op: str):
     return m
 
 
-def timed(model, feeds: dict, reps: int, threads: int) -> float:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    s.run(None, feeds)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        s.run(None, feeds)
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--T", default="512,2048")
@@ -156,16 +139,16 @@ def main():
             ops = sum(2 * T * k * n for _, _, k, n in LINEARS)
             rows = {}
             for label, model in models.items():
-                rows[label] = timed(model, x, a.reps, a.threads)
+                rows[label] = best_time(model, x, a.reps, a.threads)
             m, feeds = gemm_only(models["per-token int8-7bit"])
             qfeeds = {}
             for f in feeds:  # the same shapes the quantize subgraph feeds: uint8 codes, [T, 1] scales
                 src_input = next(k for k in INPUTS if f.startswith(_input_prefix(models["per-token int8-7bit"], k)))
                 qfeeds[f] = (rng.integers(0, 256, (T, INPUTS[src_input])).astype(np.uint8) if f.endswith("_xq")
                              else np.full((T, 1), 0.01, np.float32))
-            rows["gemm only (MatMulIntegerToFloat, 7-bit)"] = timed(m, qfeeds, a.reps, a.threads)
-            rows["gemm only, one scale for all tokens"] = timed(variant(m, "scalar-scale"), qfeeds, a.reps, a.threads)
-            rows["MatMulInteger, int32 out (the ceiling's kernel)"] = timed(variant(m, "int32"), qfeeds, a.reps,
+            rows["gemm only (MatMulIntegerToFloat, 7-bit)"] = best_time(m, qfeeds, a.reps, a.threads)
+            rows["gemm only, one scale for all tokens"] = best_time(variant(m, "scalar-scale"), qfeeds, a.reps, a.threads)
+            rows["MatMulInteger, int32 out (the ceiling's kernel)"] = best_time(variant(m, "int32"), qfeeds, a.reps,
                                                                              a.threads)
             base = rows["per-token int8-7bit"]
             for label, s in rows.items():

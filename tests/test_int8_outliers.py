@@ -360,11 +360,11 @@ def test_per_token_quantization_codes_are_exact(shape):
 
     from rfedge_export.quantize.int8 import OPSET, SHARED, _const, _quantize_rows
 
-    nodes, xq, scale, inits = _quantize_rows("x", shape[-1], "p")
+    nodes, xq, scale = _quantize_rows("x", shape[-1], "p")
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
                               [helper.make_tensor_value_info(xq, TensorProto.UINT8, list(shape)),
                                helper.make_tensor_value_info(scale, TensorProto.FLOAT, [*shape[:-1], 1])],
-                              [_const(n, v, t) for n, v, t in SHARED] + inits)
+                              [_const(n, v, t) for n, v, t in SHARED])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(model)
     rng = np.random.default_rng(5)

@@ -70,8 +70,8 @@ SHARED = [("rfq_axes", [-1], np.int64), ("rfq_inv127", 1 / 127, np.float32), ("r
 OPSET = 21  # QuantizeLinear with block_size (the per-row quantization below)
 
 
-def _quantize_rows(x: str, k: int, p: str) -> tuple[list, str, str, list]:
-    """Nodes that quantize x [.., K] per row to uint8 (zero point 128): (nodes, xq, scale, inits).
+def _quantize_rows(x: str, k: int, p: str) -> tuple[list, str, str]:
+    """Nodes that quantize x [.., K] per row to uint8 (zero point 128): (nodes, xq, scale).
 
     max |x| per row as max(ReduceMax, -ReduceMin) (two reads; Abs then ReduceMax writes a copy
     first), and one QuantizeLinear with one block per row (``block_size`` K along the last axis),
@@ -94,7 +94,7 @@ def _quantize_rows(x: str, k: int, p: str) -> tuple[list, str, str, list]:
         n("Expand", ["rfq_zp1", f"{p}_rows"], f"{p}_zps"),
         n("QuantizeLinear", [x, f"{p}_scale", f"{p}_zps"], f"{p}_xq", axis=-1, block_size=k),
     ]
-    return nodes, f"{p}_xq", f"{p}_scale", []
+    return nodes, f"{p}_xq", f"{p}_scale"
 
 
 def _split_halves(name: str) -> tuple[list, str]:
@@ -158,10 +158,8 @@ def dynamic_int8(src: Path, formats: dict[str, str]):
             continue
         x = node.input[0]
         if fmt.block is None and x not in quantized_inputs:
-            p = f"rfq{len(quantized_inputs)}"
-            nodes, xq, scale, extra = _quantize_rows(x, init.dims[0], p)
+            nodes, xq, scale = _quantize_rows(x, init.dims[0], f"rfq{len(quantized_inputs)}")
             new_nodes += nodes
-            new_inits += extra
             quantized_inputs[x] = [xq, scale, None]
         if fmt.split and quantized_inputs[x][2] is None:  # [xq, xq] along K, once per input
             xq = quantized_inputs[x][0]
